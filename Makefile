@@ -1,0 +1,54 @@
+# The bundle's commands. Every target creates the environments it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CLUSTER ?= local
+BUILD ?= build
+
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+.DEFAULT_GOAL := help
+
+# Backend environments, test services and deployment live in their own fragments;
+# a fragment adds what `make test` needs to TEST_PREREQS.
+TEST_PREREQS :=
+include $(wildcard mk/*.mk)
+
+.PHONY: help venv check render lint typecheck test test-fast clean
+
+help:
+	@echo "make deploy [CLUSTER=name]   deploy the catalog (default: the local cluster, this machine)"
+	@echo "make test                    lint, type-check and run every test tier"
+	@echo "make test-fast               the tests that start no server, engine or scheduler"
+	@echo "make check                   validate the whole catalog and every rendered config"
+	@echo "make render [CLUSTER=name]   write one endpoint directory per enabled endpoint"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml functions/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' -e functions
+	touch $@
+
+check: venv
+	$(BIN)/bundle check
+
+render: venv
+	$(BIN)/bundle render --cluster $(CLUSTER) --out $(BUILD)/endpoints
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy deploy router functions/node_runtime tests
+
+test-fast: lint typecheck
+	$(BIN)/pytest -m 'not slow'
+
+test: lint typecheck $(TEST_PREREQS)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(BUILD)
