@@ -1,0 +1,1 @@
+"""Deploy tooling: turns the endpoint catalog into Globus Compute endpoints."""

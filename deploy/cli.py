@@ -1,0 +1,102 @@
+"""The `bundle` command: validate and render the catalog (make check, make render)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from deploy.catalog import Catalog, load_all, load_catalog
+from deploy.problems import CatalogError
+from deploy.render import render_catalog, write_rendered
+from deploy.verify import load_rendered
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fail(err: CatalogError) -> None:
+    for problem in err.problems:
+        click.echo(str(problem), err=True)
+    count = len(err.problems)
+    click.echo(f"{count} problem{'s' if count != 1 else ''} found; nothing was written.", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=ROOT,
+    show_default=True,
+    help="Repository root holding endpoints/, config/ and templates/.",
+)
+@click.pass_context
+def main(ctx: click.Context, root: Path) -> None:
+    """Validate, render and deploy the inference endpoint catalog."""
+    ctx.obj = root.resolve()
+
+
+@main.command()
+@click.pass_obj
+def check(root: Path) -> None:
+    """Validate every cluster's catalog and load every rendered endpoint; write nothing."""
+    try:
+        catalogs = load_all(root)
+    except CatalogError as err:
+        _fail(err)
+    with tempfile.TemporaryDirectory(prefix="bundle-check-") as scratch:
+        for catalog in catalogs:
+            _check_loads(catalog, root, Path(scratch))
+    total = sum(len(c.entries) for c in catalogs)
+    click.echo(f"catalog OK: {len(catalogs)} clusters, {total} endpoint files")
+
+
+def _check_loads(catalog: Catalog, root: Path, scratch: Path) -> None:
+    interface = catalog.profile.network_interface
+    if interface and interface not in {name for _, name in socket.if_nameindex()}:
+        # Parsl resolves the interface while loading; this host is not on that network.
+        click.echo(
+            f"{catalog.cluster}: interface {interface} is not on this host; loaded without it"
+        )
+        profile = catalog.profile.model_copy(update={"network_interface": None})
+        catalog = replace(catalog, profile=profile)
+    try:
+        rendered = render_catalog(catalog, root / "templates")
+    except CatalogError as err:
+        _fail(err)
+    for endpoint in rendered:
+        try:
+            config = load_rendered(endpoint, scratch / catalog.cluster)
+        except Exception as err:  # the loader raises click, jinja2, jsonschema and YAML errors
+            click.echo(f"{catalog.cluster}/{endpoint.name}: does not load: {err}", err=True)
+            sys.exit(1)
+        config.engine.shutdown()
+    click.echo(f"{catalog.cluster}: {len(rendered)} endpoint configs load")
+
+
+@main.command()
+@click.option(
+    "--cluster", default="local", show_default=True, help="Profile under config/clusters."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build/endpoints"),
+    show_default=True,
+    help="Folder that receives <cluster>/<endpoint>/.",
+)
+@click.pass_obj
+def render(root: Path, cluster: str, out: Path) -> None:
+    """Write one endpoint directory per enabled endpoint of a cluster."""
+    try:
+        catalog = load_catalog(root, cluster)
+        rendered = render_catalog(catalog, root / "templates")
+    except CatalogError as err:
+        _fail(err)
+    target = out if out.is_absolute() else root / out
+    write_rendered(rendered, target / cluster)
+    click.echo(f"{cluster}: wrote {len(rendered)} endpoint directories under {target / cluster}")
