@@ -42,7 +42,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy deploy router functions/node_runtime tests
+	$(BIN)/mypy $(wildcard deploy router functions/node_runtime tests)
 
 test-fast: lint typecheck
 	$(BIN)/pytest -m 'not slow'
