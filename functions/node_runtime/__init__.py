@@ -1,3 +1,81 @@
-"""Node runtime: what runs on a compute node inside a Globus Compute worker."""
+"""Node runtime: what runs on a compute node inside a Globus Compute worker.
+
+It starts one vLLM or Infinity server per model and node, forwards OpenAI-style requests
+to it on 127.0.0.1, and stops it once idle. It reads no catalog: everything arrives as
+arguments. Standard library only, so that it installs into any cluster environment.
+
+Entry point (``node_runtime.entrypoints.serve``), registered with a source strategy::
+
+    from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
+    from node_runtime.entrypoints import serve
+    client.register_function(serve, serializer=ComputeSerializer(
+        strategy_code=PureSourceTextInspect()))
+    # then: executor.submit_to_registered_function(fid, args=(version, spec, request))
+
+    serve(expected_runtime_version: str, spec: dict, request: dict) -> dict
+
+``expected_runtime_version`` is the ``__version__`` below as the deploy side saw it; a
+mismatch raises RuntimeError before anything starts.
+
+Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refused)::
+
+    {"spec_version": 1,
+     "name": "<served model name>",          # --served-model-name; one server per name
+     "framework": "vllm" | "infinity",
+     "task": "generate" | "embed",            # vllm + embed => --runner pooling
+     "weights": "/abs/path/to/model/folder",
+     "args": ["--max-model-len", "256"],     # extra server CLI args, appended last
+     "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},  # extra server environment
+     "python": "/abs/path/bin/python",        # interpreter with vllm or infinity_emb
+     "port": 0,                               # 0 = pick a free port
+     "idle_timeout_s": 7200,
+     "start_timeout_s": 900,
+     "state_dir": "/node/local/path",         # lock, state, logs: <state_dir>/<host>/<model>/
+     # optional additions to the shape (defaults shown):
+     "request_timeout_s": 600,                # bounds the connect and each read
+     "stop_grace_s": 10}                      # SIGTERM, then SIGKILL after this
+
+A change to name, framework, task, weights, args, env, python or port restarts the server;
+the timeouts are updated in place.
+
+Request: ``{"method": "POST" | "GET", "path": "/v1/chat/completions", "body": {...} | null}``;
+paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
+``stream: true`` is answered with a 400 error body (results travel whole).
+
+Result envelope::
+
+    {"runtime_version": str, "status": int, "body": <json>,
+     "timings": {"start_wait_s": float, "latency_s": float},
+     "server": "started" | "reused"}
+
+A backend error keeps its status and OpenAI error body; no answer at all becomes 502.
+A server that fails to start raises ``ServerStartError`` with the log's last lines; an
+invalid spec raises ``SpecError``, an invalid request ``RequestError``.
+"""
 
 __version__ = "0.1.0"
+
+from .proxy import RequestError, handle  # noqa: E402
+from .server import (  # noqa: E402
+    ServerHandle,
+    ServerStartError,
+    ensure_server,
+    stop_server,
+    use_server,
+)
+from .spec import ServerSpec, SpecError  # noqa: E402
+from .state import LockTimeout  # noqa: E402
+
+__all__ = [
+    "LockTimeout",
+    "RequestError",
+    "ServerHandle",
+    "ServerSpec",
+    "ServerStartError",
+    "SpecError",
+    "__version__",
+    "ensure_server",
+    "handle",
+    "stop_server",
+    "use_server",
+]

@@ -1,0 +1,109 @@
+"""Answer one OpenAI-style request on this node: ensure the server, forward, wrap the reply."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import __version__, backend
+from .server import use_server
+from .spec import ServerSpec
+
+ROUTES = {
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+}
+
+
+class RequestError(ValueError):
+    """A request the runtime will not forward; the message says what is allowed."""
+
+
+def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """Validate {"method", "path", "body"} and return them."""
+    if not isinstance(request, Mapping):
+        raise RequestError(f"request: expected a dict, got {type(request).__name__}")
+    method = str(request.get("method", "POST")).upper()
+    path = request.get("path")
+    body = request.get("body")
+    if (method, path) not in ROUTES:
+        allowed = ", ".join(f"{m} {p}" for m, p in sorted(ROUTES))
+        raise RequestError(f"request {method} {path!r} is not served here; allowed: {allowed}")
+    if method == "POST" and not isinstance(body, dict):
+        raise RequestError(f"request {method} {path}: 'body' must be a JSON object")
+    if method == "GET" and body is not None:
+        raise RequestError(f"request {method} {path}: 'body' must be null")
+    return method, str(path), body
+
+
+def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+    """Ensure the model's server on this node and forward one request; return the envelope.
+
+    The envelope is {"runtime_version", "status", "body", "timings": {"start_wait_s",
+    "latency_s"}, "server": "started" | "reused"}. A backend error keeps its status and
+    OpenAI error body. If the server is found gone at connect time it is started again and
+    the request sent once more.
+    """
+    if not isinstance(spec, ServerSpec):
+        spec = ServerSpec.from_dict(spec)
+    method, path, body = check_request(request)
+    if body is not None and body.get("stream"):
+        return _envelope(
+            400,
+            _error(
+                "streaming is not available through the node runtime; "
+                "send the request with stream false",
+                "invalid_request_error",
+            ),
+            0.0,
+            0.0,
+            False,
+        )
+    start_wait = 0.0
+    started = False
+    for attempt in (1, 2):
+        with use_server(spec) as server:
+            start_wait += server.start_wait_s
+            started = started or server.started
+            began = time.monotonic()
+            try:
+                status, answer = backend.call(
+                    server.port, method, path, body, spec.request_timeout_s
+                )
+            except ConnectionRefusedError:
+                if attempt == 2:
+                    raise
+                continue  # the server died since the check: the next use_server restarts it
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                backend.drop_connection(server.port)
+                return _envelope(
+                    502,
+                    _error(
+                        f"model {spec.name!r}: no answer from the server ({exc!r})", "server_error"
+                    ),
+                    start_wait,
+                    time.monotonic() - began,
+                    started,
+                )
+            return _envelope(status, answer, start_wait, time.monotonic() - began, started)
+    raise AssertionError("unreachable")
+
+
+def _envelope(
+    status: int, body: Any, start_wait: float, latency: float, started: bool
+) -> dict[str, Any]:
+    return {
+        "runtime_version": __version__,
+        "status": status,
+        "body": body,
+        "timings": {"start_wait_s": round(start_wait, 6), "latency_s": round(latency, 6)},
+        "server": "started" if started else "reused",
+    }
+
+
+def _error(message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}

@@ -1,0 +1,177 @@
+"""Per-node, per-model files: the start lock, the state file, the log, usage markers.
+
+Layout: <state_dir>/<hostname>/<model key>/ holds
+    lock        exclusive fcntl lock: held to read or change the server (start, stop)
+    state.json  the running server: pid, process group, port, spec hash, times, watchdog
+    server.log  the server's output (the previous run's is kept as server.log.1)
+    last_use    its mtime is the last time a request began or ended
+    in_flight   every request holds a shared fcntl lock on it while it runs
+The hostname level keeps nodes apart if state_dir is on a shared file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+class LockTimeout(TimeoutError):
+    """The model's lock stayed held by another caller longer than the bounded wait."""
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    """Where one model's files live on this node."""
+
+    root: Path
+
+    @classmethod
+    def for_model(cls, state_dir: str, name: str) -> ServerPaths:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        root = Path(state_dir) / socket.gethostname() / f"{safe}-{digest}"
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def watchdog_log(self) -> Path:
+        return self.root / "watchdog.log"
+
+    @property
+    def last_use(self) -> Path:
+        return self.root / "last_use"
+
+    @property
+    def in_flight(self) -> Path:
+        return self.root / "in_flight"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What state.json records about a running server."""
+
+    server_id: str
+    name: str
+    framework: str
+    pid: int
+    pid_ticks: int | None
+    pgid: int
+    port: int
+    spec_hash: str
+    started_at: float
+    ready_at: float
+    idle_timeout_s: float
+    stop_grace_s: float
+    anchor_pid: int
+    watchdog_pid: int = 0
+    watchdog_ticks: int | None = None
+
+    def replace(self, **changes: Any) -> ServerState:
+        return ServerState(**{**asdict(self), **changes})
+
+
+def read_state(paths: ServerPaths) -> ServerState | None:
+    """The recorded server, or None if there is none (or the file is unreadable)."""
+    try:
+        data = json.loads(paths.state.read_text())
+        return ServerState(**data)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def write_state(paths: ServerPaths, state: ServerState) -> None:
+    """Replace state.json atomically."""
+    tmp = paths.state.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
+    os.replace(tmp, paths.state)
+
+
+def clear_state(paths: ServerPaths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        paths.state.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, timeout_s: float, what: str) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on path; wait at most timeout_s for it."""
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"waited {timeout_s:.0f} s for the lock on {what} ({path}); another "
+                        "caller still holds it (a server start or stop that hangs?)"
+                    ) from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hold_in_flight(paths: ServerPaths) -> IO[str]:
+    """Mark one request in flight: a shared lock that the watchdog's probe cannot take.
+
+    The lock dies with its holder, so a crashed worker never leaves a stale marker.
+    """
+    handle = open(paths.in_flight, "a")  # noqa: SIM115 - closed by release_in_flight
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    stamp_use(paths)
+    return handle
+
+
+def release_in_flight(paths: ServerPaths, handle: IO[str]) -> None:
+    stamp_use(paths)
+    handle.close()
+
+
+def any_in_flight(paths: ServerPaths) -> bool:
+    """True while some request holds its in-flight marker."""
+    with open(paths.in_flight, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def stamp_use(paths: ServerPaths) -> None:
+    try:
+        os.utime(paths.last_use)
+    except FileNotFoundError:
+        paths.last_use.touch()
+
+
+def idle_for(paths: ServerPaths) -> float:
+    """Seconds since a request last began or ended (since the start if none has)."""
+    try:
+        return time.time() - paths.last_use.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
