@@ -38,6 +38,8 @@ def call(port: int, method: str, path: str, body: Any, timeout_s: float) -> tupl
     kept = conns.pop(port, None)
     if kept is not None and time.monotonic() - kept[1] < _REUSE_WITHIN_S:
         kept[0].timeout = timeout_s
+        if kept[0].sock is not None:  # the socket keeps the timeout of its first request
+            kept[0].sock.settimeout(timeout_s)
         try:
             return _exchange(conns, port, kept[0], method, path, payload, headers)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):

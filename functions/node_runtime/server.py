@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import signal
 import sys
 import time
 import uuid
@@ -87,6 +88,12 @@ def stop_server(spec: ServerSpec, reason: str = "asked to stop") -> bool:
 def stop_recorded(paths: ServerPaths, state: ServerState, reason: str) -> None:
     """Stop a recorded server's whole process group and forget it (caller holds the lock)."""
     _note(paths, f"stopping server {state.server_id} (pid {state.pid}): {reason}")
+    if state.watchdog_pid != os.getpid() and procs.is_alive(
+        state.watchdog_pid, state.watchdog_ticks
+    ):
+        # it holds no lock now (we do), and would only find the state gone on waking
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.watchdog_pid, signal.SIGTERM)
     procs.stop_group(state.pgid, state.stop_grace_s)
     backend.drop_connection(state.port)
     clear_state(paths)

