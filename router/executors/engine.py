@@ -17,13 +17,10 @@ from globus_compute_endpoint.engines.base import GCFuture
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 
 from deploy.verify import load_endpoint_dir
+from router.executors.base import FunctionFailed
 
 # Stable endpoint ids: the same endpoint directory keeps its id across restarts.
 _NAMESPACE = uuid.UUID("6f0c7a52-2a43-4a8e-9d0b-7d0b3f3e6e11")
-
-
-class FunctionFailed(RuntimeError):
-    """The function raised on the worker; the message carries the remote error."""
 
 
 class EngineExecutor:
@@ -69,6 +66,10 @@ class EngineExecutor:
             answer.set_result(self.serializer.deserialize(result.data))
         except BaseException as err:  # every failure reaches the caller through the future
             answer.set_exception(err)
+
+    def node_held(self) -> bool:
+        """True once a worker pool has connected: the block's job runs on a node."""
+        return bool(self.engine.executor.connected_managers())
 
     def shutdown(self) -> None:
         """Stop the engine; its provider cancels the scheduler job."""

@@ -9,7 +9,8 @@ import pytest
 
 from deploy.catalog import load_catalog
 from deploy.render import render_catalog, write_rendered
-from router.executors.engine import EngineExecutor, FunctionFailed
+from router.executors.base import FunctionFailed
+from router.executors.engine import EngineExecutor
 
 ROOT = Path(__file__).resolve().parents[2]
 

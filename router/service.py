@@ -1,0 +1,56 @@
+"""Everything a running router holds: routes, states, executors, auth, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import node_runtime
+
+from deploy.catalog import Catalog, load_catalog
+from router.auth import Authenticator, build_authenticator
+from router.dispatch import Dispatcher
+from router.executors.pool import ExecutorPool, engine_factory
+from router.metrics import Metrics
+from router.routes import RouteTable
+from router.settings import RouterSettings
+from router.states import StateTracker
+
+
+@dataclass
+class RouterService:
+    settings: RouterSettings
+    table: RouteTable
+    tracker: StateTracker
+    pool: ExecutorPool
+    dispatcher: Dispatcher
+    authenticator: Authenticator
+    metrics: Metrics
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+def build_service(settings: RouterSettings, root: Path) -> RouterService:
+    """Load the catalogs this router serves and wire its parts together."""
+    catalogs: list[Catalog] = [load_catalog(root, cluster) for cluster in settings.clusters]
+    table = RouteTable(catalogs)
+    tracker = StateTracker()
+    for route in table.routes():
+        tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
+    state_dir = Path(settings.state_dir)
+    state_dir = state_dir if state_dir.is_absolute() else root / state_dir
+    if settings.executor != "engine":
+        raise NotImplementedError("the globus executor is not available yet; use engine")
+    pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+    dispatcher = Dispatcher(pool, tracker, settings.wait_s, node_runtime.__version__)
+    metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
+    return RouterService(
+        settings=settings,
+        table=table,
+        tracker=tracker,
+        pool=pool,
+        dispatcher=dispatcher,
+        authenticator=build_authenticator(settings.auth, root),
+        metrics=metrics,
+    )

@@ -1,0 +1,153 @@
+"""Router fixtures: a service over the real catalog with a scripted executor (fast tier).
+
+The scripted executor stands in for an endpoint so that HTTP behaviour (errors, streaming,
+waiting, auth) is tested in milliseconds; the real engine executor with real vLLM and
+Infinity is exercised in the slow tier (test_openai_e2e.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from router.app import create_app
+from router.auth import create_api_key
+from router.executors.base import FunctionFailed
+from router.executors.pool import ExecutorPool
+from router.routes import Route
+from router.service import RouterService, build_service
+from router.settings import RouterSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+Handler = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def envelope(status: int, body: Any, start_wait_s: float = 0.0) -> dict[str, Any]:
+    return {
+        "runtime_version": "test",
+        "status": status,
+        "body": body,
+        "timings": {"start_wait_s": start_wait_s, "latency_s": 0.001},
+        "server": "reused",
+    }
+
+
+def chat_answer(spec: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    body = request["body"]
+    return envelope(
+        200,
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": spec["name"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello there"},
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            "echo_stream": body.get("stream"),
+        },
+    )
+
+
+@dataclass
+class ScriptedEndpoint:
+    """Answers like the node runtime would, after an optional delay; counts submissions."""
+
+    handler: Handler = chat_answer
+    delay_s: float = 0.0
+    held: bool = True
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        _version, spec, request = args
+        self.submitted.append(request)
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            time.sleep(self.delay_s)
+            try:
+                future.set_result(self.handler(spec, request))
+            except BaseException as err:
+                future.set_exception(err)
+
+        threading.Thread(target=run, daemon=True).start()
+        return future
+
+    def node_held(self) -> bool:
+        return self.held
+
+    def shutdown(self) -> None:
+        pass
+
+
+@dataclass
+class Harness:
+    service: RouterService
+    endpoint: ScriptedEndpoint
+    key: str
+    client: httpx.AsyncClient
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def settings(tmp_path: Path, **changes: Any) -> RouterSettings:
+    data: dict[str, Any] = {
+        "clusters": ["local", "sophia"],
+        "executor": "engine",
+        "wait_s": 5,
+        "state_dir": str(tmp_path / "router"),
+        "max_body_bytes": 64 * 1024,
+        "auth": {"mode": "keys", "keys_file": str(tmp_path / "keys.json")},
+    }
+    data.update(changes)
+    return RouterSettings.model_validate(data)
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**changes: Any) -> Harness:
+        endpoint = ScriptedEndpoint()
+        key = create_api_key(tmp_path / "keys.json", "alice@anl.gov")
+        service = build_service(settings(tmp_path, **changes), ROOT)
+        service.pool = ExecutorPool(lambda route: endpoint)
+        service.dispatcher.pool = service.pool
+        service.dispatcher.poll_s = 0.05
+        transport = httpx.ASGITransport(app=create_app(service))
+        client = httpx.AsyncClient(transport=transport, base_url="http://router")
+        harness = Harness(service, endpoint, key, client)
+        made.append(harness)
+        return harness
+
+    yield make
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def harness(make_harness: Callable[..., Harness]) -> AsyncIterator[Harness]:
+    h = make_harness()
+    async with h.client:
+        yield h
+
+
+__all__ = ["FunctionFailed", "Harness", "Route", "ScriptedEndpoint", "chat_answer", "envelope"]
