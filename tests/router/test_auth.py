@@ -1,0 +1,459 @@
+"""Auth: Globus tokens against a fake Globus Auth on 127.0.0.1, API keys, and access policy."""
+
+from __future__ import annotations
+
+import logging
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.auth import (
+    AuthConfigError,
+    Caller,
+    GlobusAuthenticator,
+    build_authenticator,
+    check_access,
+    create_api_key,
+    may_use,
+)
+from router.errors import APIError
+from router.settings import AuthSettings, ClusterPolicy, GlobusAuthSettings
+from tests.router.fake_globus_auth import FakeGlobusAuth
+
+AURORAGPT_ID = "11111111-1111-1111-1111-111111111111"
+STAFF_ID = "22222222-2222-2222-2222-222222222222"
+UNMAPPED_ID = "33333333-3333-3333-3333-333333333333"
+SECRET_ENV = "TEST_ROUTER_GLOBUS_SECRET"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGlobusAuth]:
+    with FakeGlobusAuth() as server:
+        server.apply_env(monkeypatch)
+        monkeypatch.setenv(SECRET_ENV, server.client_secret)
+        yield server
+
+
+def globus_settings(fake: FakeGlobusAuth | None = None, **globus: object) -> AuthSettings:
+    return AuthSettings(
+        mode="globus",
+        globus=GlobusAuthSettings.model_validate(
+            {
+                "client_id": fake.client_id if fake else "router-client-id",
+                "client_secret_env": SECRET_ENV,
+                "groups": {"auroragpt": AURORAGPT_ID, "alcf-staff": STAFF_ID},
+                **globus,
+            }
+        ),
+        policy={
+            "sophia": ClusterPolicy(identity_domains=["anl.gov", "alcf.anl.gov"]),
+            "polaris": ClusterPolicy(groups=["alcf-staff"]),
+        },
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def auth(fake: FakeGlobusAuth, clock: Clock) -> GlobusAuthenticator:
+    settings = globus_settings(fake)
+    assert settings.globus is not None
+    return GlobusAuthenticator(settings.globus, fake.client_secret, clock=clock)
+
+
+def rejected(auth: object, header: str | None, status: int = 401) -> APIError:
+    with pytest.raises(APIError) as caught:
+        auth.authenticate(header)  # type: ignore[attr-defined]
+    assert caught.value.status == status, caught.value.message
+    return caught.value
+
+
+# --- Globus mode: who is calling ----------------------------------------------------------
+
+
+def test_valid_token_gives_username_identity_and_mapped_groups(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token(
+        "jdoe@anl.gov", identity_id="id-jdoe", groups=[AURORAGPT_ID, UNMAPPED_ID]
+    )
+    caller = auth.authenticate(f"Bearer {token}")
+    assert caller == Caller(
+        user="jdoe@anl.gov", identity_id="id-jdoe", groups=frozenset({"auroragpt"})
+    )
+    assert fake.calls["GET /v2/groups/my_groups"] == 1
+
+
+def test_build_authenticator_reads_the_secret_from_the_named_variable(
+    fake: FakeGlobusAuth, tmp_path: Path
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[STAFF_ID])
+    auth = build_authenticator(globus_settings(fake), tmp_path)
+    assert auth.authenticate(f"bearer {token}").groups == {"alcf-staff"}
+
+
+def test_unset_secret_variable_is_a_clear_error(
+    fake: FakeGlobusAuth, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(SECRET_ENV)
+    with pytest.raises(AuthConfigError, match=f"auth.globus.client_secret_env: .*{SECRET_ENV}"):
+        build_authenticator(globus_settings(fake), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "missing_credentials"),
+        ("", "missing_credentials"),
+        ("Basic dXNlcjpwYXNz", "malformed_credentials"),
+        ("Bearer", "malformed_credentials"),
+        ("Bearer two words", "malformed_credentials"),
+        ("Bearer not-a-token-globus-knows", "invalid_token"),
+    ],
+)
+def test_missing_malformed_or_unknown_credentials_are_401(
+    auth: GlobusAuthenticator, header: str | None, code: str
+) -> None:
+    error = rejected(auth, header)
+    assert error.code == code
+    assert error.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "inference_auth_token.py get_access_token" in error.message
+
+
+def test_inactive_token_is_401(fake: FakeGlobusAuth, auth: GlobusAuthenticator) -> None:
+    token = fake.add_token("jdoe@anl.gov", active=False)
+    error = rejected(auth, f"Bearer {token}")
+    assert error.code == "invalid_token"
+    assert error.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+def test_expired_token_is_401_even_if_reported_active(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", exp=time.time() - 5)
+    error = rejected(auth, f"Bearer {token}")
+    assert error.code == "expired_token"
+    assert "has expired" in error.message
+
+
+def test_token_without_groups_consent_has_no_groups(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID], groups_consent=False)
+    assert auth.authenticate(f"Bearer {token}").groups == frozenset()
+
+
+def test_no_configured_groups_means_no_groups_calls(fake: FakeGlobusAuth, clock: Clock) -> None:
+    settings = globus_settings(fake, groups={})
+    assert settings.globus is not None
+    auth = GlobusAuthenticator(settings.globus, fake.client_secret, clock=clock)
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    assert auth.authenticate(f"Bearer {token}").groups == frozenset()
+    assert fake.calls["POST /v2/oauth2/token"] == 0
+
+
+def test_globus_outage_is_503_and_not_cached(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov")
+    fake.fail_next(503, times=2)  # the first try and its one retry
+    error = rejected(auth, f"Bearer {token}", status=503)
+    assert error.headers["Retry-After"]
+    assert auth.authenticate(f"Bearer {token}").user == "jdoe@anl.gov"
+
+
+def test_groups_outage_is_503_and_not_cached(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    fake.fail_next(502, times=2, path="/v2/groups/my_groups")
+    rejected(auth, f"Bearer {token}", status=503)
+    assert auth.authenticate(f"Bearer {token}").groups == {"auroragpt"}
+
+
+def test_groups_refusal_counts_as_no_groups(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    fake.fail_next(403, path="/v2/groups/my_groups")
+    assert auth.authenticate(f"Bearer {token}") == Caller(
+        user="jdoe@anl.gov", identity_id=fake.identity(token).identity_id, groups=frozenset()
+    )
+
+
+def test_refused_router_credentials_are_503_naming_no_secret(
+    fake: FakeGlobusAuth, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = globus_settings(fake)
+    assert settings.globus is not None
+    auth = GlobusAuthenticator(settings.globus, "wrong-secret-value", clock=clock)
+    token = fake.add_token("jdoe@anl.gov")
+    with caplog.at_level(logging.DEBUG):
+        error = rejected(auth, f"Bearer {token}", status=503)
+    assert "router's own credentials" in error.message
+    assert "auth.globus.client_id" in caplog.text
+    assert "wrong-secret-value" not in caplog.text + error.message
+
+
+# --- Globus mode: the cache ---------------------------------------------------------------
+
+
+def test_cache_holds_for_the_ttl_then_introspects_again(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator, clock: Clock
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    first = auth.authenticate(f"Bearer {token}")
+    clock.now += 299
+    assert auth.authenticate(f"Bearer {token}") == first
+    assert fake.introspections == 1
+    clock.now += 2
+    assert auth.authenticate(f"Bearer {token}") == first
+    assert fake.introspections == 2
+
+
+def test_cache_never_outlives_the_token(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator, clock: Clock
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", exp=clock.now + 10)
+    auth.authenticate(f"Bearer {token}")
+    clock.now += 11
+    assert rejected(auth, f"Bearer {token}").code == "expired_token"
+    assert fake.introspections == 2
+
+
+def test_a_401_is_cached_too(fake: FakeGlobusAuth, auth: GlobusAuthenticator) -> None:
+    for _ in range(3):
+        rejected(auth, "Bearer unknown-token")
+    assert fake.introspections == 1
+
+
+def test_revocation_is_seen_after_the_ttl(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator, clock: Clock
+) -> None:
+    token = fake.add_token("jdoe@anl.gov")
+    auth.authenticate(f"Bearer {token}")
+    fake.identity(token).active = False
+    auth.authenticate(f"Bearer {token}")  # still cached
+    clock.now += 301
+    rejected(auth, f"Bearer {token}")
+
+
+def test_tiny_real_ttl(fake: FakeGlobusAuth, tmp_path: Path) -> None:
+    auth = build_authenticator(globus_settings(fake, cache_ttl_s=0.05), tmp_path)
+    token = fake.add_token("jdoe@anl.gov")
+    auth.authenticate(f"Bearer {token}")
+    auth.authenticate(f"Bearer {token}")
+    assert fake.introspections == 1
+    time.sleep(0.06)
+    auth.authenticate(f"Bearer {token}")
+    assert fake.introspections == 2
+
+
+def test_concurrent_first_requests_introspect_once(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    start = threading.Barrier(16)
+    results: list[Caller] = []
+
+    def call() -> None:
+        start.wait()
+        results.append(auth.authenticate(f"Bearer {token}"))
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 16 and len(set(results)) == 1
+    assert fake.introspections == 1
+
+
+def test_cache_is_bounded(fake: FakeGlobusAuth, clock: Clock) -> None:
+    settings = globus_settings(fake)
+    assert settings.globus is not None
+    auth = GlobusAuthenticator(
+        settings.globus, fake.client_secret, clock=clock, max_cache_entries=2
+    )
+    tokens = [fake.add_token(f"u{i}@anl.gov") for i in range(3)]
+    for token in tokens:
+        auth.authenticate(f"Bearer {token}")
+    auth.authenticate(f"Bearer {tokens[0]}")  # evicted by the third
+    assert fake.introspections == 4
+
+
+def test_tokens_never_reach_logs_or_messages(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    inactive = fake.add_token("jdoe@anl.gov", active=False)
+    expired = fake.add_token("jdoe@anl.gov", exp=time.time() - 1)
+    unknown = "AT-unknown-0123456789abcdef"
+    messages = []
+    with caplog.at_level(logging.DEBUG):
+        auth.authenticate(f"Bearer {good}")
+        for header in (
+            f"Bearer {inactive}",
+            f"Bearer {expired}",
+            f"Bearer {unknown}",
+            f"Token {unknown}",
+            f"Bearer {unknown} extra",
+        ):
+            messages.append(rejected(auth, header).message)
+    assert caplog.text  # something was logged, at every level
+    for token in (good, inactive, expired, unknown):
+        assert token not in caplog.text
+        assert all(token not in m for m in messages)
+
+
+# --- Policy ------------------------------------------------------------------------------
+
+
+def caller(user: str, *groups: str) -> Caller:
+    return Caller(user=user, identity_id=None, groups=frozenset(groups))
+
+
+def test_wrong_identity_domain_is_403_naming_the_domains() -> None:
+    settings = globus_settings()
+    outsider = caller("jdoe@gmail.com", "auroragpt")
+    with pytest.raises(APIError) as caught:
+        check_access(outsider, settings, "sophia", [])
+    assert caught.value.status == 403
+    assert "cluster sophia" in caught.value.message
+    assert "`anl.gov` or `alcf.anl.gov`" in caught.value.message
+    assert "jdoe@gmail.com" in caught.value.message
+    assert not may_use(outsider, settings, "sophia", [])
+
+
+def test_domains_match_exactly_and_ignore_case() -> None:
+    settings = globus_settings()
+    assert may_use(caller("jdoe@ALCF.anl.gov"), settings, "sophia", [])
+    assert not may_use(caller("jdoe@evil-anl.gov"), settings, "sophia", [])
+    assert not may_use(caller("jdoe@anl.gov.example.com"), settings, "sophia", [])
+
+
+def test_cluster_policy_by_group() -> None:
+    settings = globus_settings()
+    assert may_use(caller("a@gmail.com", "alcf-staff"), settings, "polaris", [])
+    with pytest.raises(APIError, match="membership in the group `alcf-staff`"):
+        check_access(caller("a@anl.gov", "auroragpt"), settings, "polaris", [])
+
+
+def test_cluster_without_policy_admits_every_caller() -> None:
+    assert may_use(caller("a@gmail.com"), globus_settings(), "local", [])
+
+
+def test_group_restricted_endpoint() -> None:
+    settings = globus_settings()
+    check_access(caller("a@anl.gov", "auroragpt"), settings, "sophia", ["auroragpt"])
+    with pytest.raises(APIError) as caught:
+        check_access(caller("b@anl.gov", "alcf-staff"), settings, "sophia", ["auroragpt"])
+    assert caught.value.status == 403
+    assert "limited to members of the group `auroragpt`" in caught.value.message
+    assert "cluster" not in caught.value.message  # the cluster policy was met
+
+
+def test_403_names_both_missing_requirements() -> None:
+    with pytest.raises(APIError) as caught:
+        check_access(caller("a@gmail.com"), globus_settings(), "sophia", ["x", "y"])
+    assert "cluster sophia requires" in caught.value.message
+    assert "group `x` or `y`" in caught.value.message
+
+
+def test_end_to_end_token_then_policy(fake: FakeGlobusAuth, auth: GlobusAuthenticator) -> None:
+    settings = globus_settings(fake)
+    member = auth.authenticate(f"Bearer {fake.add_token('m@anl.gov', groups=[AURORAGPT_ID])}")
+    other = auth.authenticate(f"Bearer {fake.add_token('o@anl.gov', groups=[STAFF_ID])}")
+    assert may_use(member, settings, "sophia", ["auroragpt"])
+    assert not may_use(other, settings, "sophia", ["auroragpt"])
+
+
+# --- Keys mode ---------------------------------------------------------------------------
+
+
+def keys_settings(keys_file: str) -> AuthSettings:
+    return AuthSettings(mode="keys", keys_file=keys_file)
+
+
+def test_good_key_bad_key_and_missing_key(tmp_path: Path) -> None:
+    keys_file = tmp_path / ".state/router/api-keys.json"
+    key = create_api_key(keys_file, "alice", ["auroragpt"])
+    auth = build_authenticator(keys_settings(".state/router/api-keys.json"), tmp_path)
+    assert auth.authenticate(f"Bearer {key}") == Caller(
+        user="alice", identity_id=None, groups=frozenset({"auroragpt"})
+    )
+    error = rejected(auth, f"Bearer {key[:-1]}x")
+    assert error.code == "invalid_api_key"
+    assert error.headers["WWW-Authenticate"].startswith("Bearer")
+    assert rejected(auth, None).code == "missing_credentials"
+    assert rejected(auth, key).code == "malformed_credentials"
+
+
+def test_keys_file_holds_no_plaintext_and_is_private(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    key = create_api_key(keys_file, "alice")
+    assert key not in keys_file.read_text()
+    assert key[3:] not in keys_file.read_text()
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_keys_coexist_and_new_keys_are_seen_without_restart(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    alice = create_api_key(keys_file, "alice")
+    auth = build_authenticator(keys_settings(str(keys_file)), Path("/nonexistent"))
+    bob = create_api_key(keys_file, "bob", ["staff"])
+    assert alice != bob
+    assert auth.authenticate(f"Bearer {alice}").user == "alice"
+    assert auth.authenticate(f"Bearer {bob}") == Caller("bob", None, frozenset({"staff"}))
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+
+
+def test_keys_mode_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(AuthConfigError, match="auth.keys_file: mode keys needs"):
+        build_authenticator(AuthSettings(mode="keys"), tmp_path)
+    with pytest.raises(AuthConfigError, match="does not exist; `make deploy` creates it"):
+        build_authenticator(keys_settings("missing.json"), tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(AuthConfigError, match="cannot read"):
+        create_api_key(broken, "alice")
+
+
+def test_keys_never_reach_logs_or_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    with caplog.at_level(logging.DEBUG):
+        key = create_api_key(keys_file, "alice")
+        auth = build_authenticator(keys_settings(str(keys_file)), tmp_path)
+        auth.authenticate(f"Bearer {key}")
+        wrong = key[:-2] + "zz"
+        messages = [rejected(auth, f"Bearer {wrong}").message, rejected(auth, f"Key {key}").message]
+    assert "alice" in caplog.text
+    for secret in (key, wrong):
+        assert secret not in caplog.text
+        assert all(secret not in m for m in messages)
+
+
+def test_keys_mode_403_says_to_ask_for_a_key() -> None:
+    settings = AuthSettings(
+        mode="keys", keys_file="k.json", policy={"local": ClusterPolicy(groups=["staff"])}
+    )
+    with pytest.raises(APIError, match="Ask the operators for a key"):
+        check_access(caller("alice"), settings, "local", [])
