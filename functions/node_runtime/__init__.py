@@ -49,6 +49,12 @@ Result envelope::
      "server": "started" | "reused"}
 
 A backend error keeps its status and OpenAI error body; no answer at all becomes 502.
+Idle teardown: each request holds a shared lock on an in-flight marker and stamps a last-use
+file; a detached watchdog process per server (it survives Parsl worker restarts) stops the
+server's process group (TERM, then KILL after stop_grace_s) once no request is in flight and
+either idle_timeout_s has passed or the parent of the last caller (the Parsl manager, i.e.
+the scheduler job) is gone. See ``node_runtime.watchdog``.
+
 A server that fails to start raises ``ServerStartError`` with the log's last lines; an
 invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 """

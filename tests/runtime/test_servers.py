@@ -6,6 +6,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,49 @@ def test_a_changed_spec_restarts_the_server(embed_specs: tuple[Spec, Spec]) -> N
     assert after["server"] == "started"
     assert procs.group_members(old.pgid) == []
     assert node_runtime.handle(changed, request)["server"] == "reused"
+    # timeouts are not part of the process: updated in place, no restart
+    longer = {**changed, "idle_timeout_s": 1800}
+    assert node_runtime.handle(longer, request)["server"] == "reused"
+    assert _state(spec).idle_timeout_s == 1800
+
+
+def test_a_dead_watchdog_is_replaced_on_the_next_call(
+    chat_spec: Spec, chat_first_calls: list[dict[str, Any]]
+) -> None:
+    old = _state(chat_spec)
+    os.kill(old.watchdog_pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert node_runtime.handle(chat_spec, chat("tiny-chat"))["server"] == "reused"
+    new = _state(chat_spec)
+    assert new.watchdog_pid != old.watchdog_pid
+    assert procs.is_alive(new.watchdog_pid, new.watchdog_ticks)
+
+
+def test_a_server_does_not_outlive_its_callers_parent(state_dir: Path, tmp_path: Path) -> None:
+    # The caller's parent stands for the Parsl manager of the scheduler job. (The `exit`
+    # keeps a shell from exec'ing python, which would make pytest the parent.)
+    spec = infinity_spec("minilm-orphan", state_dir, idle_timeout_s=20)
+    request = {
+        "method": "POST",
+        "path": "/v1/embeddings",
+        "body": {"model": "minilm-orphan", "input": ["x"]},
+    }
+    code = f"import node_runtime; node_runtime.handle({spec!r}, {request!r})"
+    manager = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -I -c "$CODE"; exit $?'],
+        env={**os.environ, "CODE": code},
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
+    )
+    assert manager.returncode == 0
+    state = _state(spec)
+    assert state is not None  # still running: the manager is gone, the watchdog not yet round
+    deadline = time.monotonic() + 10
+    while _state(spec) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _state(spec) is None
+    assert procs.group_members(state.pgid) == []
 
 
 def test_sigkill_between_calls_restarts_and_leaves_no_orphan(
