@@ -36,7 +36,9 @@ Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refuse
      "stop_grace_s": 10}                      # SIGTERM, then SIGKILL after this
 
 A change to name, framework, task, weights, args, env, python or port restarts the server;
-the timeouts are updated in place.
+the timeouts are updated in place. The server inherits the calling worker's environment
+with the spec's env on top: a Parsl worker pinned to one accelerator (CUDA_VISIBLE_DEVICES
+set by available_accelerators) passes that pin on unless the spec's env overrides it.
 
 Request: ``{"method": "POST" | "GET", "path": "/v1/chat/completions", "body": {...} | null}``;
 paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
