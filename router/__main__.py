@@ -11,6 +11,7 @@ import uvicorn
 
 from deploy.problems import CatalogError
 from router.app import create_app
+from router.auth import AuthConfigError
 from router.service import build_service
 from router.settings import load_settings
 
@@ -29,6 +30,9 @@ def main(config: Path, root: Path) -> None:
     except CatalogError as err:
         for problem in err.problems:
             click.echo(str(problem), err=True)
+        sys.exit(1)
+    except AuthConfigError as err:
+        click.echo(f"{config}: {err}", err=True)
         sys.exit(1)
     uvicorn.run(
         create_app(service),

@@ -8,7 +8,7 @@ from pathlib import Path
 import node_runtime
 
 from deploy.catalog import Catalog, load_catalog
-from router.auth import Authenticator, build_authenticator
+from router.auth import AuthConfigError, Authenticator, build_authenticator
 from router.dispatch import Dispatcher
 from router.executors.pool import ExecutorPool, engine_factory
 from router.metrics import Metrics
@@ -35,6 +35,7 @@ def build_service(settings: RouterSettings, root: Path) -> RouterService:
     """Load the catalogs this router serves and wire its parts together."""
     catalogs: list[Catalog] = [load_catalog(root, cluster) for cluster in settings.clusters]
     table = RouteTable(catalogs)
+    _check_groups(settings, table)
     tracker = StateTracker()
     for route in table.routes():
         tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
@@ -54,3 +55,22 @@ def build_service(settings: RouterSettings, root: Path) -> RouterService:
         authenticator=build_authenticator(settings.auth, root),
         metrics=metrics,
     )
+
+
+def _check_groups(settings: RouterSettings, table: RouteTable) -> None:
+    """In globus mode every group an endpoint names needs a Globus id, or nobody passes."""
+    if settings.auth.globus is None:
+        return
+    known = settings.auth.globus.groups
+    unknown = sorted(
+        f"{route.entry.file} names group {group!r}"
+        for route in table.routes()
+        for group in route.entry.endpoint.groups
+        if group not in known
+    )
+    if unknown:
+        raise AuthConfigError(
+            "auth.globus.groups: has no Globus group id for: "
+            + "; ".join(unknown)
+            + ". Add each group's id there."
+        )

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from router.auth import AuthConfigError
 from router.executors.base import FunctionFailed
-from tests.router.conftest import Harness, envelope
+from router.service import build_service
+from tests.router.conftest import ROOT, Harness, envelope, settings
 
 pytestmark = pytest.mark.anyio
 CHAT = "/resource_server/local/vllm/v1/chat/completions"
@@ -213,3 +216,15 @@ async def test_metrics(harness: Harness) -> None:
     assert f"router_requests_total{{{labels}}} 1.0" in text
     assert 'router_cold_starts_total{model="local/tiny-llama"} 1.0' in text
     assert 'router_models{state="ready"} 1.0' in text
+
+
+def test_globus_mode_needs_an_id_for_every_catalog_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLOBUS_CLIENT_SECRET", "not-a-real-secret")
+    auth = {"mode": "globus", "globus": {"client_id": "00000000-0000-0000-0000-000000000000"}}
+    with pytest.raises(AuthConfigError) as caught:
+        build_service(settings(tmp_path, auth=auth), ROOT)
+    message = str(caught.value)
+    assert message.startswith("auth.globus.groups: has no Globus group id for:")
+    assert "endpoints/sophia/auroragpt-7b.yaml names group 'auroragpt'" in message
