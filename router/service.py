@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import node_runtime
 
 from deploy.catalog import Catalog, load_catalog
 from router.auth import AuthConfigError, Authenticator, build_authenticator
 from router.dispatch import Dispatcher
+from router.executors.globus import GlobusExecutor, SharedSubmitter, default_sdk_executor
 from router.executors.pool import ExecutorPool, engine_factory
 from router.metrics import Metrics
+from router.registry import load_registry
 from router.routes import RouteTable
 from router.settings import RouterSettings
 from router.states import StateTracker
@@ -26,13 +30,23 @@ class RouterService:
     dispatcher: Dispatcher
     authenticator: Authenticator
     metrics: Metrics
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+        for close in self.closers:
+            close()
 
 
-def build_service(settings: RouterSettings, root: Path) -> RouterService:
-    """Load the catalogs this router serves and wire its parts together."""
+def build_service(
+    settings: RouterSettings,
+    root: Path,
+    sdk_executor: Callable[[], Any] = default_sdk_executor,
+) -> RouterService:
+    """Load the catalogs this router serves and wire its parts together.
+
+    ``sdk_executor`` makes the globus_compute_sdk Executor (tests pass their own).
+    """
     catalogs: list[Catalog] = [load_catalog(root, cluster) for cluster in settings.clusters]
     table = RouteTable(catalogs)
     _check_groups(settings, table)
@@ -41,9 +55,16 @@ def build_service(settings: RouterSettings, root: Path) -> RouterService:
         tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
     state_dir = Path(settings.state_dir)
     state_dir = state_dir if state_dir.is_absolute() else root / state_dir
-    if settings.executor != "engine":
-        raise NotImplementedError("the globus executor is not available yet; use engine")
-    pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+    closers: list[Callable[[], None]] = []
+    if settings.executor == "engine":
+        pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+    else:
+        registries = {c.cluster: load_registry(root, c.cluster) for c in catalogs}
+        submitter = SharedSubmitter(sdk_executor())
+        closers.append(submitter.shutdown)
+        pool = ExecutorPool(
+            lambda route: GlobusExecutor(route.endpoint_name, registries[route.cluster], submitter)
+        )
     dispatcher = Dispatcher(pool, tracker, settings.wait_s, node_runtime.__version__)
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     return RouterService(
@@ -54,6 +75,7 @@ def build_service(settings: RouterSettings, root: Path) -> RouterService:
         dispatcher=dispatcher,
         authenticator=build_authenticator(settings.auth, root),
         metrics=metrics,
+        closers=closers,
     )
 
 

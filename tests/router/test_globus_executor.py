@@ -1,0 +1,198 @@
+"""The globus executor at the SDK boundary: what the router asks of globus_compute_sdk.
+
+No test reaches the Globus cloud: a recording stand-in takes the SDK Executor's place, and
+the real SDK class is checked for the calls the router makes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import threading
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from globus_compute_sdk import Executor as SDKExecutor
+from globus_compute_sdk.errors import TaskExecutionFailed
+
+from deploy.catalog import load_catalog
+from deploy.problems import CatalogError
+from router.app import create_app
+from router.auth import create_api_key
+from router.errors import APIError
+from router.executors.base import FunctionFailed
+from router.executors.globus import GlobusExecutor, SharedSubmitter
+from router.registry import Registry
+from router.service import build_service
+from router.settings import RouterSettings
+from tests.router.conftest import ROOT, chat_answer
+
+SERVE_ID = str(uuid.uuid4())
+
+
+class RecordingSDKExecutor:
+    """Takes globus_compute_sdk.Executor's place; answers like the node runtime would."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        self.endpoint_id: str | None = None
+        self.calls: list[tuple[str | None, str, tuple[Any, ...]]] = []
+        self.fail_with = fail_with
+        self.stopped = False
+
+    def submit_to_registered_function(
+        self, function_id: str, args: tuple[Any, ...] | None = None, kwargs: Any = None
+    ) -> Future[Any]:
+        assert args is not None
+        self.calls.append((self.endpoint_id, function_id, args))
+        future: Future[Any] = Future()
+        if self.fail_with is not None:
+            future.set_exception(self.fail_with)
+        else:
+            _version, spec, request = args
+            future.set_result(chat_answer(spec, request))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.stopped = True
+
+
+def registry(endpoints: dict[str, str]) -> Registry:
+    return Registry.model_validate(
+        {
+            "cluster": "sophia",
+            "runtime_version": "0.1.0",
+            "functions": {"serve": {"id": SERVE_ID, "source_sha256": "0" * 64}},
+            "endpoints": endpoints,
+        }
+    )
+
+
+def serve(*args: Any) -> None:
+    """Named like the entry point: the executor maps a function to its id by name."""
+
+
+def test_real_sdk_offers_what_the_router_calls() -> None:
+    params = inspect.signature(SDKExecutor.submit_to_registered_function).parameters
+    assert list(params)[:4] == ["self", "function_id", "args", "kwargs"]
+    assert isinstance(inspect.getattr_static(SDKExecutor, "endpoint_id"), property)
+    assert inspect.getattr_static(SDKExecutor, "endpoint_id").fset is not None
+    init = inspect.signature(SDKExecutor.__init__).parameters
+    assert {"api_burst_limit", "api_burst_window_s", "batch_size"} <= set(init)
+
+
+def test_each_endpoint_gets_its_own_id_under_concurrency() -> None:
+    ids = {f"sophia-model-{i}": str(uuid.uuid4()) for i in range(4)}
+    sdk = RecordingSDKExecutor()
+    submitter = SharedSubmitter(sdk)
+    executors = [GlobusExecutor(name, registry(ids), submitter) for name in ids]
+
+    def hammer(executor: GlobusExecutor) -> None:
+        for _ in range(50):
+            executor.submit(serve, "0.1.0", {"name": executor.endpoint}, {"body": {}}).result()
+
+    threads = [threading.Thread(target=hammer, args=(e,)) for e in executors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(sdk.calls) == 200
+    for endpoint_id, function_id, args in sdk.calls:
+        assert function_id == SERVE_ID
+        assert endpoint_id == ids[args[1]["name"]]
+
+
+def test_remote_failure_becomes_function_failed() -> None:
+    remote = TaskExecutionFailed("Traceback ...\nServerStartError: weights not found at /eagle/x")
+    sdk = RecordingSDKExecutor(fail_with=remote)
+    executor = GlobusExecutor(
+        "sophia-a", registry({"sophia-a": str(uuid.uuid4())}), SharedSubmitter(sdk)
+    )
+    with pytest.raises(FunctionFailed, match="sophia-a: ServerStartError: weights not found"):
+        executor.submit(serve, "0.1.0", {}, {}).result()
+
+
+def test_payload_over_ten_megabytes_is_refused_before_submission() -> None:
+    sdk = RecordingSDKExecutor()
+    executor = GlobusExecutor(
+        "sophia-a", registry({"sophia-a": str(uuid.uuid4())}), SharedSubmitter(sdk)
+    )
+    with pytest.raises(APIError) as caught:
+        executor.submit(serve, "0.1.0", {}, {"body": {"prompt": "x" * (11 * 2**20)}})
+    assert caught.value.status == 413 and not sdk.calls
+
+
+def test_endpoint_missing_from_the_registry() -> None:
+    with pytest.raises(KeyError, match="run `make deploy CLUSTER=sophia`"):
+        GlobusExecutor("sophia-b", registry({}), SharedSubmitter(RecordingSDKExecutor()))
+
+
+def scratch_root(tmp_path: Path, with_registry: bool) -> Path:
+    root = tmp_path / "root"
+    for folder in ("endpoints", "config", "templates"):
+        shutil.copytree(ROOT / folder, root / folder)
+    if with_registry:
+        catalog = load_catalog(root, "sophia")
+        ids = {e.endpoint_name: str(uuid.uuid4()) for e in catalog.entries}
+        (root / "config" / "registry" / "sophia.yaml").write_text(
+            yaml.safe_dump(registry(ids).model_dump())
+        )
+    return root
+
+
+def globus_settings(tmp_path: Path) -> RouterSettings:
+    return RouterSettings.model_validate(
+        {
+            "clusters": ["sophia"],
+            "executor": "globus",
+            "state_dir": str(tmp_path / "state"),
+            "auth": {"mode": "keys", "keys_file": str(tmp_path / "keys.json")},
+        }
+    )
+
+
+def test_missing_registry_names_the_file(tmp_path: Path) -> None:
+    create_api_key(tmp_path / "keys.json", "alice@anl.gov")
+    root = scratch_root(tmp_path, with_registry=False)
+    with pytest.raises(CatalogError) as caught:
+        build_service(globus_settings(tmp_path), root, sdk_executor=RecordingSDKExecutor)
+    [problem] = [str(p) for p in caught.value.problems]
+    assert problem == (
+        "config/registry/sophia.yaml: (file): missing; "
+        "run `make deploy CLUSTER=sophia` to create it"
+    )
+
+
+@pytest.mark.anyio
+async def test_chat_through_the_app_reaches_the_sdk(tmp_path: Path) -> None:
+    key = create_api_key(tmp_path / "keys.json", "alice@anl.gov")
+    root = scratch_root(tmp_path, with_registry=True)
+    sdk = RecordingSDKExecutor()
+    service = build_service(globus_settings(tmp_path), root, sdk_executor=lambda: sdk)
+    body = {
+        "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        response = await client.post(
+            "/resource_server/sophia/vllm/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 200, response.text
+    [(endpoint_id, function_id, args)] = sdk.calls
+    registered = yaml.safe_load((root / "config" / "registry" / "sophia.yaml").read_text())
+    assert endpoint_id == registered["endpoints"]["sophia-meta-llama-3-1-8b-instruct"]
+    assert function_id == SERVE_ID
+    version, spec, request = args
+    assert spec["weights"] == "/raid/argonne_tpc/model_weights/Meta-Llama-3.1-8B-Instruct"
+    assert request == {"method": "POST", "path": "/v1/chat/completions", "body": body}
+    assert json.loads(response.text)["choices"][0]["message"]["content"] == "hello there"
+    service.shutdown()
+    assert sdk.stopped
