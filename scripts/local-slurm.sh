@@ -39,6 +39,11 @@ install_packages() {
 }
 
 write_config() {
+    local socket=$DIR/munge/munge.socket.2
+    if [ ${#socket} -gt 100 ]; then  # a Unix socket path has at most 107 bytes
+        log "the munge socket path $socket is too long; set LOCAL_SLURM_DIR to a shorter folder"
+        exit 1
+    fi
     mkdir -p "$DIR/munge" "$DIR/ctld" "$DIR/spool"
     chmod 755 "$DIR/munge"  # munged wants its socket directory readable, not writable, by all
     [ -s "$DIR/munge/munge.key" ] || dd if=/dev/urandom bs=1024 count=1 \

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -409,8 +410,6 @@ def _run(argv: list[str]) -> str:
 
 
 def _user() -> str:
-    import pwd
-
     return pwd.getpwuid(os.getuid()).pw_name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -14,7 +15,7 @@ from node_runtime.jobs import list_jobs
 
 pytestmark = pytest.mark.slow
 
-ENDPOINT = "local-demo"
+ENDPOINT = f"local-demo{os.getpid()}"  # test sessions at once share the local Slurm
 ENDPOINTS = {ENDPOINT: "demo-model"}
 
 
