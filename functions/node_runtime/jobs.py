@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .state import ServerPaths, idle_for, read_state
 
 LISTING_VERSION = 1
@@ -133,7 +134,7 @@ class NodeServer:
 
 
 @dataclass(frozen=True)
-class _Servers:
+class NodeServers:
     """What the state directory says about one node: servers, and models seen retired."""
 
     running: list[NodeServer] = field(default_factory=list)
@@ -224,17 +225,18 @@ def parse_squeue(text: str, expand: Callable[[str], list[str]] | None = None) ->
     return jobs
 
 
-def read_node_servers(state_dir: str, node: str, idle_after_s: float) -> _Servers:
+def read_node_servers(state_dir: str, node: str, idle_after_s: float) -> NodeServers:
     """The servers the runtime records for one node under state_dir (see state.py)."""
-    servers = _Servers()
+    servers = NodeServers()
+    local = node.split(".")[0] == socket.gethostname().split(".")[0]
     for host_dir in _host_dirs(Path(state_dir), node):
         for model_dir in sorted(p for p in host_dir.iterdir() if p.is_dir()):
             paths = ServerPaths(model_dir)
             with contextlib.suppress(OSError):
                 servers.last_use[model_dir.name] = paths.last_use.stat().st_mtime
             state = read_state(paths)
-            if state is None:
-                continue
+            if state is None or (local and not procs.is_alive(state.pid, state.pid_ticks)):
+                continue  # a dead server's file stays until the next call; seen only here
             idle = idle_for(paths) if state.ready_at else None
             servers.running.append(
                 NodeServer(

@@ -145,7 +145,14 @@ def test_the_model_folder_name_is_the_runtimes(tmp_path: Path) -> None:
 
 
 def _record_server(
-    state_dir: Path, node: str, model: str, *, ready: bool, idle_s: float, alive: bool = True
+    state_dir: Path,
+    node: str,
+    model: str,
+    *,
+    ready: bool,
+    idle_s: float,
+    alive: bool = True,
+    pid: int = 1,
 ) -> None:
     paths = ServerPaths(state_dir / node / jobs.model_key(model))
     paths.root.mkdir(parents=True)
@@ -155,7 +162,7 @@ def _record_server(
             server_id="abc",
             name=model,
             framework="vllm",
-            pid=1,
+            pid=pid,
             pid_ticks=None,
             pgid=1,
             port=8011,
@@ -241,3 +248,13 @@ def test_local_lists_the_servers_on_this_host(tmp_path: Path) -> None:
         "tiny-llama",
         "ready",
     )
+
+
+def test_a_dead_server_on_this_host_is_not_listed(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _record_server(tmp_path, socket.gethostname(), "tiny-llama", ready=True, idle_s=1, pid=dead.pid)
+    assert list_jobs("local", {"local-tiny-llama": "tiny-llama"}, str(tmp_path))["jobs"] == []
