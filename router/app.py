@@ -94,25 +94,8 @@ def create_app(service: RouterService) -> Starlette:
         cluster = request.path_params["cluster"]
         if cluster not in service.table.clusters:
             service.table.lookup("", cluster)
-        listing: dict[str, list[dict[str, Any]]] = {"running": [], "queued": [], "others": []}
-        for route in service.table.routes(cluster):
-            if not _allowed(service, caller, route):
-                continue
-            status = service.tracker.status(route.endpoint_name)
-            if status.state in (ModelState.COLD, ModelState.STOPPED):
-                continue
-            group = {ModelState.QUEUED: "queued"}.get(status.state, "running")
-            listing[group].append(
-                {
-                    "model": route.model,
-                    "endpoint": route.endpoint_name,
-                    "model_status": status.state.value,
-                    "since": _iso(status.since),
-                    "last_used": _iso(status.last_used),
-                    "requests_in_flight": status.in_flight,
-                }
-            )
-        return JSONResponse({"cluster": cluster, **listing})
+        listing = await service.job_listing.jobs(cluster)
+        return JSONResponse({"cluster": cluster, **_group_jobs(service, caller, cluster, listing)})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -320,6 +303,60 @@ def _record(
         latency_ms=round(latency * 1000, 2),
         start_wait_s=round(start_wait, 3),
     )
+
+
+# The lifecycle states of node_runtime.jobs, grouped as the guide's /jobs shows them.
+_JOB_GROUPS = {"queued": "queued", "held": "queued", "starting": "running", "ready": "running"}
+_JOB_GROUPS |= {"idle": "running", "running": "running", "stopping": "others"}
+
+
+def _group_jobs(
+    service: RouterService, caller: Caller, cluster: str, listing: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Scheduler jobs with their models' states, plus models waiting for a job to show."""
+    routes = {r.endpoint_name: r for r in service.table.routes(cluster)}
+    grouped: dict[str, list[dict[str, Any]]] = {"running": [], "queued": [], "others": []}
+    listed = set()
+    for job in listing.get("jobs", []):
+        route = routes.get(job.get("endpoint") or "")
+        if route is None or not _allowed(service, caller, route):
+            continue
+        listed.add(route.endpoint_name)
+        status = service.tracker.status(route.endpoint_name)
+        grouped[_JOB_GROUPS.get(job["state"], "others")].append(
+            {
+                "model": route.model,
+                "endpoint": route.endpoint_name,
+                "job_id": job.get("job_id"),
+                "job_state": job.get("scheduler_state"),
+                "model_status": job["state"],
+                "reason": job.get("reason"),
+                "nodes": job.get("nodes", []),
+                "walltime_used_s": job.get("walltime_used_s"),
+                "walltime_s": job.get("walltime_s"),
+                "requests_in_flight": status.in_flight,
+            }
+        )
+    for name, route in routes.items():
+        status = service.tracker.status(name)
+        waiting = status.state in (ModelState.QUEUED, ModelState.STARTING)
+        if name in listed or not waiting or not _allowed(service, caller, route):
+            continue
+        grouped["queued" if status.state == ModelState.QUEUED else "running"].append(
+            {
+                "model": route.model,
+                "endpoint": name,
+                "job_id": None,
+                "job_state": None,
+                "model_status": status.state.value,
+                "reason": "requested; waiting for the scheduler",
+                "nodes": [],
+                "walltime_used_s": None,
+                "walltime_s": None,
+                "requests_in_flight": status.in_flight,
+            }
+        )
+    return grouped
 
 
 def _model_entry(service: RouterService, route: Route) -> dict[str, Any]:

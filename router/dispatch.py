@@ -14,6 +14,7 @@ from node_runtime.entrypoints import serve
 from router.errors import APIError
 from router.executors.base import FunctionFailed
 from router.executors.pool import ExecutorPool
+from router.joblisting import JobListing
 from router.routes import Route
 from router.states import ModelState, ModelStatus, StateTracker
 
@@ -45,7 +46,9 @@ class Dispatcher:
         wait_s: float,
         runtime_version: str,
         poll_s: float = 1.0,
+        job_listing: JobListing | None = None,
     ) -> None:
+        self.job_listing = job_listing
         self.pool = pool
         self.tracker = tracker
         self.wait_s = wait_s
@@ -73,7 +76,10 @@ class Dispatcher:
             if done:
                 break
             waited = time.monotonic() - began
-            status = self.tracker.waiting(key, bool(executor.node_held()))
+            held = executor.node_held()
+            if held is None:
+                held = await self._job_running(route)
+            status = self.tracker.waiting(key, held)
             if waited >= self.wait_s:
                 waiting.add_done_callback(_retrieve)
                 raise _still_starting(route, status, waited)
@@ -102,6 +108,19 @@ class Dispatcher:
             start_wait_s=float(timings.get("start_wait_s", 0.0)),
             waited_s=time.monotonic() - began,
             cold_start=cold,
+        )
+
+    async def _job_running(self, route: Route) -> bool:
+        """Whether the scheduler runs the endpoint's job, when the executor cannot say."""
+        if self.job_listing is None:
+            return False
+        try:
+            listing = await self.job_listing.jobs(route.cluster)
+        except APIError:
+            return False  # unknown: keep saying queued rather than fail the request
+        return any(
+            job.get("endpoint") == route.endpoint_name and job.get("scheduler_state") == "running"
+            for job in listing.get("jobs", [])
         )
 
     def _finished(self, key: str, done: Future[Any]) -> None:

@@ -14,6 +14,7 @@ from router.auth import AuthConfigError, Authenticator, build_authenticator
 from router.dispatch import Dispatcher
 from router.executors.globus import GlobusExecutor, SharedSubmitter, default_sdk_executor
 from router.executors.pool import ExecutorPool, engine_factory
+from router.joblisting import JobListing
 from router.metrics import Metrics
 from router.registry import load_registry
 from router.routes import RouteTable
@@ -30,6 +31,7 @@ class RouterService:
     dispatcher: Dispatcher
     authenticator: Authenticator
     metrics: Metrics
+    job_listing: JobListing
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def shutdown(self) -> None:
@@ -58,6 +60,7 @@ def build_service(
     closers: list[Callable[[], None]] = []
     if settings.executor == "engine":
         pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+        job_listing = JobListing(catalogs)
     else:
         registries = {c.cluster: load_registry(root, c.cluster) for c in catalogs}
         submitter = SharedSubmitter(sdk_executor())
@@ -65,7 +68,15 @@ def build_service(
         pool = ExecutorPool(
             lambda route: GlobusExecutor(route.endpoint_name, registries[route.cluster], submitter)
         )
-    dispatcher = Dispatcher(pool, tracker, settings.wait_s, node_runtime.__version__)
+        # Each cluster lists its jobs through a small endpoint on its login node.
+        jobs_endpoints = {
+            c.cluster: GlobusExecutor(f"{c.cluster}-jobs", registries[c.cluster], submitter)
+            for c in catalogs
+        }
+        job_listing = JobListing(catalogs, remote=jobs_endpoints)
+    dispatcher = Dispatcher(
+        pool, tracker, settings.wait_s, node_runtime.__version__, job_listing=job_listing
+    )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     return RouterService(
         settings=settings,
@@ -75,6 +86,7 @@ def build_service(
         dispatcher=dispatcher,
         authenticator=build_authenticator(settings.auth, root),
         metrics=metrics,
+        job_listing=job_listing,
         closers=closers,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -188,12 +189,10 @@ async def test_private_model_is_a_403(harness: Harness) -> None:
     assert_openai_error(response, 403)
 
 
-async def test_list_endpoints_and_jobs(harness: Harness) -> None:
+async def test_list_endpoints(harness: Harness) -> None:
     await openai_client(harness).chat.completions.create(model=TINY, messages=HELLO)
-    listing = (
-        await harness.client.get("/resource_server/list-endpoints", headers=harness.auth)
-    ).json()
-    local = listing["clusters"]["local"]["frameworks"]
+    response = await harness.client.get("/resource_server/list-endpoints", headers=harness.auth)
+    local = response.json()["clusters"]["local"]["frameworks"]
     assert local["vllm"]["models"][0] == {
         "id": TINY,
         "aliases": [],
@@ -202,11 +201,62 @@ async def test_list_endpoints_and_jobs(harness: Harness) -> None:
         "state": "ready",
     }
     assert local["vllm"]["endpoints"]["chat_completions"] == CHAT
-    sophia = listing["clusters"]["sophia"]["frameworks"]["vllm"]["models"]
+    sophia = response.json()["clusters"]["sophia"]["frameworks"]["vllm"]["models"]
     assert {"argonne-private/AuroraGPT-7B"}.isdisjoint(m["id"] for m in sophia)
+    r1 = next(m for m in sophia if m["id"] == "deepseek-ai/DeepSeek-R1")
+    assert r1["state"] == "disabled" and "A100" in r1["disabled_reason"]
+
+
+def pbs_job(endpoint: str, state: str, scheduler_state: str, reason: str | None) -> dict[str, Any]:
+    return {
+        "job_id": f"{len(endpoint)}.sophia-pbs",
+        "endpoint": endpoint,
+        "scheduler_state": scheduler_state,
+        "reason": reason,
+        "nodes": [] if scheduler_state == "queued" else ["sophia-gpu-07"],
+        "walltime_used_s": 60,
+        "walltime_s": 86400,
+        "model": "ignored: the router names the model",
+        "state": state,
+    }
+
+
+async def test_jobs_groups_the_scheduler_listing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listing = {
+        "jobs": [
+            pbs_job("sophia-meta-llama-3-1-8b-instruct", "ready", "running", None),
+            pbs_job("sophia-qwen2-5-7b-instruct", "queued", "queued", "Not Running: busy"),
+            pbs_job("sophia-auroragpt-7b", "starting", "running", None),  # not alice's
+        ]
+    }
+
+    async def canned(cluster: str) -> dict[str, Any]:
+        assert cluster == "sophia"
+        return listing
+
+    monkeypatch.setattr(harness.service.job_listing, "jobs", canned)
+    response = await harness.client.get("/resource_server/sophia/jobs", headers=harness.auth)
+    jobs = response.json()
+    assert [j["model"] for j in jobs["running"]] == ["meta-llama/Meta-Llama-3.1-8B-Instruct"]
+    [queued] = jobs["queued"]
+    assert (queued["model"], queued["reason"]) == ("Qwen/Qwen2.5-7B-Instruct", "Not Running: busy")
+    assert jobs["others"] == []
+
+
+async def test_jobs_shows_a_model_waiting_for_its_job(harness: Harness) -> None:
+    harness.endpoint.delay_s = 0.5
+    harness.endpoint.held = False
+    request = asyncio.create_task(
+        harness.client.post(CHAT, json={"model": TINY, "messages": HELLO}, headers=harness.auth)
+    )
+    await asyncio.sleep(0.2)
     jobs = (await harness.client.get("/resource_server/local/jobs", headers=harness.auth)).json()
-    assert [j["model"] for j in jobs["running"]] == [TINY]
-    assert jobs["running"][0]["model_status"] == "ready"
+    [waiting] = jobs["queued"]
+    assert (waiting["model"], waiting["model_status"]) == (TINY, "queued")
+    assert waiting["requests_in_flight"] == 1
+    assert (await request).status_code == 200
 
 
 async def test_metrics(harness: Harness) -> None:

@@ -139,6 +139,7 @@ def scratch_root(tmp_path: Path, with_registry: bool) -> Path:
     if with_registry:
         catalog = load_catalog(root, "sophia")
         ids = {e.endpoint_name: str(uuid.uuid4()) for e in catalog.entries}
+        ids["sophia-jobs"] = str(uuid.uuid4())
         (root / "config" / "registry" / "sophia.yaml").write_text(
             yaml.safe_dump(registry(ids).model_dump())
         )
@@ -196,3 +197,44 @@ async def test_chat_through_the_app_reaches_the_sdk(tmp_path: Path) -> None:
     assert json.loads(response.text)["choices"][0]["message"]["content"] == "hello there"
     service.shutdown()
     assert sdk.stopped
+
+
+class SilentSDKExecutor(RecordingSDKExecutor):
+    """Accepts tasks and never answers: a model still loading on its node."""
+
+    def submit_to_registered_function(
+        self, function_id: str, args: tuple[Any, ...] | None = None, kwargs: Any = None
+    ) -> Future[Any]:
+        self.calls.append((self.endpoint_id, function_id, args or ()))
+        return Future()
+
+
+@pytest.mark.anyio
+async def test_waiting_state_comes_from_the_job_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = create_api_key(tmp_path / "keys.json", "alice@anl.gov")
+    root = scratch_root(tmp_path, with_registry=True)
+    settings = globus_settings(tmp_path).model_copy(update={"wait_s": 0.3})
+    service = build_service(settings, root, sdk_executor=SilentSDKExecutor)
+    service.dispatcher.poll_s = 0.05
+    endpoint = "sophia-meta-llama-3-1-8b-instruct"
+
+    async def listing(cluster: str) -> dict[str, Any]:
+        return {"jobs": [{"endpoint": endpoint, "scheduler_state": "running", "state": "starting"}]}
+
+    monkeypatch.setattr(service.job_listing, "jobs", listing)
+    body = {
+        "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        response = await client.post(
+            "/resource_server/sophia/vllm/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert response.status_code == 503
+    assert response.json()["error"]["state"] == "starting"
+    assert response.headers["Retry-After"] == "15"
