@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
@@ -43,7 +44,9 @@ def create_app(service: RouterService) -> Starlette:
     """The ASGI application for one router service."""
 
     async def operation(request: Request) -> Response:
-        path = OPERATION_PATHS[request.path_params["operation"]]
+        path = OPERATION_PATHS.get(request.path_params["operation"])
+        if path is None:
+            raise APIError(404, f"Unknown operation {request.url.path}.", code="not_found")
         return await _operation(service, request, path)
 
     async def models(request: Request) -> Response:
@@ -107,6 +110,14 @@ def create_app(service: RouterService) -> Starlette:
         assert isinstance(exc, APIError)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = f"{request.method} {request.url.path}: {exc.detail}."
+        error = APIError(
+            exc.status_code, message, code="not_found" if exc.status_code == 404 else None
+        )
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         request_id = getattr(request.state, "request_id", "-")
         log.exception("unexpected error in request %s", request_id)
@@ -139,7 +150,11 @@ def create_app(service: RouterService) -> Starlette:
 
     return Starlette(
         routes=routes,
-        exception_handlers={APIError: api_error, Exception: unexpected},
+        exception_handlers={
+            APIError: api_error,
+            HTTPException: http_error,
+            Exception: unexpected,
+        },
         lifespan=lifespan,
     )
 
@@ -174,6 +189,8 @@ async def _read_json(service: RouterService, request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise APIError(400, f"The request body is not valid JSON: {err}.") from None
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply to read.") from None
 
 
 async def _operation(service: RouterService, request: Request, path: str) -> Response:

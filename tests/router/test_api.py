@@ -278,3 +278,45 @@ def test_globus_mode_needs_an_id_for_every_catalog_group(
     message = str(caught.value)
     assert message.startswith("auth.globus.groups: has no Globus group id for:")
     assert "endpoints/sophia/auroragpt-7b.yaml names group 'auroragpt'" in message
+
+
+HOSTILE_BODIES = [
+    b"",
+    b"\xff\xfe\x00",
+    b"null",
+    b"123",
+    b'"a string"',
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"model": null, "messages": []}',
+    b'{"model": 5, "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": "local/tiny-llama", "messages": [1, 2]}',
+    b'{"model": "local/tiny-llama", "messages": []}',
+    b'{"model": "local/tiny-llama", "messages": [{"role": "user"}], "stream": {"a": 1}}',
+    b'{"model": "", "messages": [{"role": "user", "content": "hi"}]}',
+    b'{"model": "local/tiny-llama", "prompt": "completions body on the chat path"}',
+]
+
+
+@pytest.mark.parametrize("content", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+async def test_hostile_bodies_get_a_4xx_in_openais_shape(harness: Harness, content: bytes) -> None:
+    response = await post(harness, content)
+    assert 400 <= response.status_code < 500, response.text
+    assert_openai_error(response, response.status_code)
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/no/such/operation", 404),
+        ("GET", "/v1/chat/completions", 405),
+        ("DELETE", "/v1/models", 405),
+        ("GET", "/nowhere", 404),
+        ("POST", "/resource_server/local/vllm/v1/batches/x/y", 404),
+    ],
+)
+async def test_unknown_routes_and_methods(
+    harness: Harness, method: str, path: str, status: int
+) -> None:
+    response = await harness.client.request(method, path, headers=harness.auth, json={})
+    assert_openai_error(response, status)
