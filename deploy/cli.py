@@ -100,3 +100,29 @@ def render(root: Path, cluster: str, out: Path) -> None:
     target = out if out.is_absolute() else root / out
     write_rendered(rendered, target / cluster)
     click.echo(f"{cluster}: wrote {len(rendered)} endpoint directories under {target / cluster}")
+
+
+@main.command("deploy-site")
+@click.option("--cluster", required=True, help="A PBS Pro or Slurm profile under config/clusters.")
+@click.option("--dry-run", is_flag=True, envvar="DRY_RUN", help="Print the plan; change nothing.")
+@click.option(
+    "--endpoints-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ENDPOINTS_DIR",
+    default=None,
+    help="Globus Compute endpoints folder; default: the profile's paths.endpoints_dir.",
+)
+@click.pass_obj
+def deploy_site(root: Path, cluster: str, dry_run: bool, endpoints_dir: Path | None) -> None:
+    """Deploy a site's catalog through Globus Compute (make deploy CLUSTER=<site>)."""
+    from deploy import site
+
+    try:
+        site.deploy_site(
+            root, cluster, dry_run=dry_run, endpoints_dir=endpoints_dir, say=click.echo
+        )
+    except CatalogError as err:
+        _fail(err)
+    except site.SiteDeployError as err:
+        click.echo(f"make deploy CLUSTER={cluster}: {err}", err=True)
+        sys.exit(1)

@@ -91,6 +91,12 @@ class ClusterProfile(_Settings):
     engine: EngineSettings = EngineSettings()
     network_interface: str | None = None
     worker_init: str = ""
+    endpoint_python: str | None = Field(
+        default=None,
+        description="python of the environment that runs the endpoints and their workers "
+        "(the one worker_init activates; has globus-compute-endpoint); make deploy installs "
+        "the node runtime into it",
+    )
     runtimes: dict[Framework, RuntimeSettings]
     paths: PathSettings
     multi_node: MultiNodeSettings | None = None
@@ -129,7 +135,10 @@ class ClusterProfile(_Settings):
             )
             for name, rt in self.runtimes.items()
         }
-        return self.model_copy(update={"paths": paths, "runtimes": runtimes})
+        endpoint_python = absolute(self.endpoint_python) if self.endpoint_python else None
+        return self.model_copy(
+            update={"paths": paths, "runtimes": runtimes, "endpoint_python": endpoint_python}
+        )
 
 
 def valid_fields(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ ENDPOINT_FILES = {
     "user_config_template.yaml.j2": "endpoint/user_config_template.yaml.j2",
     "user_config_schema.json": "endpoint/user_config_schema.json.j2",
 }
+# The cluster's job-listing endpoint (`<cluster>-jobs`): a LocalProvider on the login node,
+# where the scheduler's client commands work; it runs list_bundle_jobs for the router.
+JOBS_ENDPOINT_FILES = {
+    "config.yaml": "endpoint/config.yaml.j2",
+    "user_config_template.yaml.j2": "jobs_endpoint/user_config_template.yaml.j2",
+    "user_config_schema.json": "endpoint/user_config_schema.json.j2",
+}
+JOBS_MAX_IDLETIME_S = 3600
+JOBS_WORKERS = 4
 # Margin so the runtime's own idle watchdog stops the server before the job goes away.
 IDLE_MARGIN_S = 120
 IDLE_HEARTBEATS_HARD = 5760
@@ -87,7 +97,11 @@ def _jinja_free(profile: ClusterProfile, source: str) -> list[Problem]:
 
 
 def _context(
-    entry: CatalogEntry, profile: ClusterProfile, env: jinja2.Environment, batch: bool
+    entry: CatalogEntry,
+    profile: ClusterProfile,
+    env: jinja2.Environment,
+    batch: bool,
+    allowed_functions: Sequence[str],
 ) -> dict[str, Any]:
     ep = entry.endpoint
     name = entry.endpoint_name + ("-batch" if batch else "")
@@ -111,7 +125,7 @@ def _context(
         "endpoint_name": name,
         "display_name": f"{profile.name}: {ep.name}" + (" (batch)" if batch else ""),
         "heartbeat_period": profile.engine.heartbeat_period_s,
-        "allowed_functions": [],
+        "allowed_functions": list(allowed_functions),
         # The endpoint must outlive the engine's idle time, or it stops and kills the job.
         "idle_heartbeats_soft": math.ceil(max_idletime / profile.engine.heartbeat_period_s) + 2,
         "idle_heartbeats_hard": IDLE_HEARTBEATS_HARD,
@@ -134,10 +148,14 @@ def _context(
 
 
 def render_entry(
-    entry: CatalogEntry, profile: ClusterProfile, env: jinja2.Environment, batch: bool = False
+    entry: CatalogEntry,
+    profile: ClusterProfile,
+    env: jinja2.Environment,
+    batch: bool = False,
+    allowed_functions: Sequence[str] = (),
 ) -> RenderedEndpoint:
     """Render one endpoint directory (or its batch twin) in memory."""
-    context = _context(entry, profile, env, batch)
+    context = _context(entry, profile, env, batch, allowed_functions)
     files = {
         out: env.get_template(template).render(**context)
         for out, template in ENDPOINT_FILES.items()
@@ -145,18 +163,62 @@ def render_entry(
     return RenderedEndpoint(name=context["endpoint_name"], files=files)
 
 
-def render_catalog(catalog: Catalog, templates: Path) -> list[RenderedEndpoint]:
-    """Every enabled endpoint of a cluster, plus a batch endpoint for batch-capable ones."""
+def render_catalog(
+    catalog: Catalog, templates: Path, allowed_functions: Sequence[str] = ()
+) -> list[RenderedEndpoint]:
+    """Every enabled endpoint of a cluster, plus a batch endpoint for batch-capable ones.
+
+    ``allowed_functions`` (registered function ids) go into each endpoint's config.yaml;
+    empty: the endpoint runs any function.
+    """
     problems = _jinja_free(catalog.profile, f"config/clusters/{catalog.cluster}.yaml")
     if problems:
         raise CatalogError(problems)
     env = template_environment(templates)
     rendered = []
     for entry in catalog.enabled():
-        rendered.append(render_entry(entry, catalog.profile, env))
+        rendered.append(render_entry(entry, catalog.profile, env, False, allowed_functions))
         if entry.endpoint.batch:
-            rendered.append(render_entry(entry, catalog.profile, env, batch=True))
+            rendered.append(render_entry(entry, catalog.profile, env, True, allowed_functions))
     return rendered
+
+
+def jobs_endpoint_name(cluster: str) -> str:
+    return f"{cluster}-jobs"
+
+
+def render_jobs_endpoint(
+    profile: ClusterProfile, templates: Path, allowed_functions: Sequence[str] = ()
+) -> RenderedEndpoint:
+    """The cluster's job-listing endpoint: one small LocalProvider block on the login node."""
+    source = f"config/clusters/{profile.name}.yaml"
+    problems = _jinja_free(profile, source)
+    if problems:
+        raise CatalogError(problems)
+    env = template_environment(templates)
+    name = jobs_endpoint_name(profile.name)
+    heartbeat = profile.engine.heartbeat_period_s
+    context = {
+        "source": source,
+        "profile_source": source,
+        "endpoint_name": name,
+        "display_name": f"{profile.name}: job listing",
+        "heartbeat_period": heartbeat,
+        "allowed_functions": list(allowed_functions),
+        "idle_heartbeats_soft": math.ceil(JOBS_MAX_IDLETIME_S / heartbeat) + 2,
+        "idle_heartbeats_hard": IDLE_HEARTBEATS_HARD,
+        "max_workers_per_node": JOBS_WORKERS,
+        "cores_per_worker": profile.engine.cores_per_worker,
+        "max_idletime": JOBS_MAX_IDLETIME_S,
+        "strategy_period": profile.engine.strategy_period_s,
+        "scheduler": "local",  # no user options: the schema then allows none
+        "worker_init": profile.worker_init.strip(),
+    }
+    files = {
+        out: env.get_template(template).render(**context)
+        for out, template in JOBS_ENDPOINT_FILES.items()
+    }
+    return RenderedEndpoint(name=name, files=files)
 
 
 def write_rendered(rendered: list[RenderedEndpoint], out: Path) -> None:
