@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER ?= local
 BUILD ?= build
+EXECUTOR ?=
+PORT ?=
+# Clusters served from this machine need the CPU backends and the local models.
+MACHINE_CLUSTERS := local local-slurm
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 .DEFAULT_GOAL := help
@@ -14,7 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 TEST_PREREQS :=
 include $(wildcard mk/*.mk)
 
-.PHONY: help venv check render lint typecheck test test-fast clean
+.PHONY: help venv check render lint typecheck test test-fast clean deploy stop status
 
 help:
 	@echo "make deploy [CLUSTER=name]   deploy the catalog (default: the local cluster, this machine)"
@@ -49,6 +53,16 @@ test-fast: lint typecheck
 
 test: lint typecheck $(TEST_PREREQS)
 	$(BIN)/pytest
+
+deploy: venv $(if $(filter $(MACHINE_CLUSTERS),$(CLUSTER)),local-models) $(if $(filter local-slurm,$(CLUSTER)),slurm-start)
+	$(BIN)/bundle deploy --cluster $(CLUSTER) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
+		$(if $(PORT),--port $(PORT)) $(if $(DRY_RUN),--dry-run)
+
+stop: venv
+	$(BIN)/bundle stop
+
+status: venv
+	$(BIN)/bundle status --cluster $(CLUSTER)
 
 clean:
 	rm -rf $(BUILD)

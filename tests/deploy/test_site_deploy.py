@@ -345,7 +345,7 @@ def test_an_endpoint_that_fails_to_start_is_named_and_the_others_recorded(
 def _bundle(fakes: Fakes, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GLOBUS_COMPUTE_")}
     return subprocess.run(
-        [str(BUNDLE), "--root", str(fakes.root), "deploy-site", "--cluster", "sophia", *args],
+        [str(BUNDLE), "--root", str(fakes.root), "deploy", "--cluster", "sophia", *args],
         capture_output=True,
         text=True,
         env={**clean, "ENDPOINTS_DIR": str(fakes.endpoints_dir), **env},

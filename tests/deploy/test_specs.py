@@ -13,7 +13,7 @@ from deploy.specs import server_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("cluster", ["sophia", "polaris", "example-slurm", "local"])
+@pytest.mark.parametrize("cluster", ["sophia", "polaris", "example-slurm", "local", "local-slurm"])
 def test_every_enabled_endpoint_gives_a_valid_spec(cluster: str) -> None:
     catalog = load_catalog(ROOT, cluster)
     for entry in catalog.enabled():

@@ -27,7 +27,13 @@ def problems(repo: Path, cluster: str = "sophia") -> list[str]:
 
 def test_the_shipped_catalog_is_valid() -> None:
     catalogs = load_all(Path(__file__).resolve().parents[2])
-    assert {c.cluster for c in catalogs} == {"sophia", "polaris", "example-slurm", "local"}
+    assert {c.cluster for c in catalogs} == {
+        "sophia",
+        "polaris",
+        "example-slurm",
+        "local",
+        "local-slurm",
+    }
 
 
 def test_unknown_framework(repo: Path, edit: Edit) -> None:

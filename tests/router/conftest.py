@@ -93,6 +93,13 @@ class ScriptedEndpoint:
         pass
 
 
+class NoScheduler:
+    """The scripted endpoint runs no jobs: the listing is empty, whatever runs on this host."""
+
+    async def jobs(self, cluster: str) -> dict[str, Any]:
+        return {"jobs": []}
+
+
 @dataclass
 class Harness:
     service: RouterService
@@ -129,6 +136,7 @@ def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         service.pool = ExecutorPool(lambda route: endpoint)
         service.dispatcher.pool = service.pool
         service.dispatcher.poll_s = 0.05
+        service.job_listing = service.dispatcher.job_listing = NoScheduler()  # type: ignore[assignment]
         transport = httpx.ASGITransport(app=create_app(service))
         client = httpx.AsyncClient(transport=transport, base_url="http://router")
         harness = Harness(service, endpoint, key, client)

@@ -246,13 +246,18 @@ async def test_jobs_groups_the_scheduler_listing(
 
 
 async def test_jobs_shows_a_model_waiting_for_its_job(harness: Harness) -> None:
-    harness.endpoint.delay_s = 0.5
+    harness.endpoint.delay_s = 2.0
     harness.endpoint.held = False
     request = asyncio.create_task(
         harness.client.post(CHAT, json={"model": TINY, "messages": HELLO}, headers=harness.auth)
     )
-    await asyncio.sleep(0.2)
-    jobs = (await harness.client.get("/resource_server/local/jobs", headers=harness.auth)).json()
+    for _ in range(200):  # until the request has been submitted
+        jobs = (
+            await harness.client.get("/resource_server/local/jobs", headers=harness.auth)
+        ).json()
+        if jobs["queued"]:
+            break
+        await asyncio.sleep(0.01)
     [waiting] = jobs["queued"]
     assert (waiting["model"], waiting["model_status"]) == (TINY, "queued")
     assert waiting["requests_in_flight"] == 1

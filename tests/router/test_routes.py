@@ -57,7 +57,10 @@ def test_disabled_model_says_why(table: RouteTable) -> None:
 
 def test_unknown_cluster(table: RouteTable) -> None:
     err = error(table, "local/tiny-llama", "aurora", "vllm")
-    assert err.status == 404 and "Clusters: example-slurm, local, polaris, sophia" in err.message
+    assert (
+        err.status == 404
+        and "Clusters: example-slurm, local, local-slurm, polaris, sophia" in err.message
+    )
 
 
 def test_error_body_is_openais_shape(table: RouteTable) -> None:
