@@ -75,6 +75,14 @@ class LocalDeployment:
         """The API key this deployment created, readable by its owner only."""
         return self.root / ".state" / "router" / f"{self.cluster}-api-key"
 
+    def router_state_dir(self) -> Path:
+        """The router's own state folder (engines' run dirs), from the deployed settings."""
+        try:
+            folder = Path(yaml.safe_load(self.settings_file.read_text())["state_dir"])
+        except (OSError, KeyError, TypeError):
+            folder = Path(".state") / "router"
+        return folder if folder.is_absolute() else self.root / folder
+
     def router_pid(self) -> int | None:
         """The router's pid if it runs, else None."""
         try:
@@ -314,15 +322,43 @@ def _stop_router(run: LocalDeployment, say: Say) -> None:
     pid = run.router_pid()
     if pid is None:
         return
-    # The router's shutdown stops its engines, and so gives their scheduler jobs back.
+    # The router alone gets the signal: its shutdown stops its engines, which cancel their
+    # blocks (scheduler jobs). Signalling its whole group would kill the engines'
+    # interchanges first, and an engine in a bad state leaves its blocks running.
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 90
     while run.router_pid() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # its own session only: what the router left behind
-    say(f"{run.cluster}: router stopped (pid {pid})")
+        os.killpg(pid, signal.SIGKILL)  # its own session: anything the router left behind
+    leftovers = _processes_under(run.router_state_dir())
+    for group in {g for g in map(_group_of, leftovers) if g is not None}:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    note = f"; cleaned up {len(leftovers)} leftover engine processes" if leftovers else ""
+    say(f"{run.cluster}: router stopped (pid {pid}){note}")
+
+
+def _processes_under(folder: Path) -> list[int]:
+    """Processes whose command line names a path under ``folder`` (this deployment's)."""
+    marker = str(folder).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _print_usage(
