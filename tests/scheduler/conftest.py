@@ -6,10 +6,8 @@ Each engine is started once per session, on first use, and shut down at the sess
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -50,40 +48,6 @@ def pbs_shim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     leftover = list(json.loads(running.stdout).get("Jobs", {}))
     if leftover:
         subprocess.run(["qdel", *leftover], check=False)
-
-
-@pytest.fixture(scope="session")
-def local_slurm() -> Iterator[Path]:
-    """The one-node Slurm of scripts/local-slurm.sh: reused if it runs, else started here.
-
-    Test sessions running at once share it: each holds a shared lock while it uses it, and
-    the last one out stops it if a test session started it (not if an operator did).
-    """
-    if shutil.which("slurmctld") is None and os.geteuid() != 0:
-        pytest.skip("Slurm is not installed and this is not root: run `make slurm-packages`")
-    state = Path(os.environ.get("LOCAL_SLURM_DIR", ROOT / ".state" / "slurm"))
-    state.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, LOCAL_SLURM_DIR=str(state))
-    marker = state / "started-by-tests"
-    with open(state / "sessions.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if subprocess.run([LOCAL_SLURM, "status"], env=env, capture_output=True).returncode:
-            started = subprocess.run(
-                [LOCAL_SLURM, "start"], env=env, capture_output=True, text=True
-            )
-            if started.returncode != 0:
-                pytest.fail(f"scripts/local-slurm.sh start failed:\n{started.stderr}")
-            marker.touch()
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        os.environ["SLURM_CONF"] = str(state / "slurm.conf")
-        yield state
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # another session still uses it
-        if marker.exists():
-            subprocess.run([LOCAL_SLURM, "stop"], env=env, check=False)
-            marker.unlink()
 
 
 def _provider(kind: str, request: pytest.FixtureRequest) -> object:
