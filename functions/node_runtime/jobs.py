@@ -17,7 +17,6 @@ engine is about to give the job back), ``running`` (running, but no server state
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pwd
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import procs
-from .state import ServerPaths, idle_for, read_state
+from .state import ServerPaths, idle_for, model_key, read_state
 
 LISTING_VERSION = 1
 SCHEDULERS = ("pbspro", "slurm", "local")
@@ -252,12 +251,6 @@ def read_node_servers(state_dir: str, node: str, idle_after_s: float) -> NodeSer
                 )
             )
     return servers
-
-
-def model_key(name: str) -> str:
-    """The folder name the runtime gives a model under <state_dir>/<host>/ (state.py)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def list_jobs(

@@ -37,9 +37,7 @@ class ServerPaths:
 
     @classmethod
     def for_model(cls, state_dir: str, name: str) -> ServerPaths:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        root = Path(state_dir) / socket.gethostname() / f"{safe}-{digest}"
+        root = Path(state_dir) / socket.gethostname() / model_key(name)
         root.mkdir(parents=True, exist_ok=True)
         return cls(root)
 
@@ -175,3 +173,9 @@ def idle_for(paths: ServerPaths) -> float:
         return time.time() - paths.last_use.stat().st_mtime
     except FileNotFoundError:
         return float("inf")
+
+
+def model_key(name: str) -> str:
+    """The folder a model's files live in under <state_dir>/<host>/: readable and unique."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

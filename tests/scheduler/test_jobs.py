@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from node_runtime import jobs
 from node_runtime.jobs import JobListingError, list_jobs, parse_job_name, parse_qstat_json
-from node_runtime.state import ServerPaths, ServerState, write_state
+from node_runtime.state import ServerPaths, ServerState, model_key, write_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "qstat"
 LLAMA_8B = "sophia-llama-3-1-8b-instruct"
@@ -141,7 +141,7 @@ def test_walltimes(text: str, seconds: int | None) -> None:
 
 def test_the_model_folder_name_is_the_runtimes(tmp_path: Path) -> None:
     for name in ("meta-llama/Meta-Llama-3.1-8B-Instruct", "tiny-llama", "a b:c@d"):
-        assert jobs.model_key(name) == ServerPaths.for_model(str(tmp_path), name).root.name
+        assert model_key(name) == ServerPaths.for_model(str(tmp_path), name).root.name
 
 
 def _record_server(
@@ -154,7 +154,7 @@ def _record_server(
     alive: bool = True,
     pid: int = 1,
 ) -> None:
-    paths = ServerPaths(state_dir / node / jobs.model_key(model))
+    paths = ServerPaths(state_dir / node / model_key(model))
     paths.root.mkdir(parents=True)
     now = time.time()
     if alive:
