@@ -23,6 +23,7 @@ from starlette.routing import Route as HTTPRoute
 from router import streaming
 from router.accesslog import log_request
 from router.auth import Caller, check_access, may_use
+from router.batches.api import batch_routes
 from router.dispatch import Answer
 from router.errors import APIError
 from router.routes import FRAMEWORK_PATHS, Route
@@ -130,7 +131,9 @@ def create_app(service: RouterService) -> Starlette:
         return JSONResponse(body, status_code=500)
 
     ops = "{operation:path}"
-    routes = [
+    # Batch and file routes first: the operation routes below would take their paths.
+    routes = [] if service.batches is None else batch_routes(service.batches)
+    routes += [
         HTTPRoute(
             f"/resource_server/{{cluster}}/{{framework}}/v1/{ops}", operation, methods=["POST"]
         ),
@@ -145,6 +148,8 @@ def create_app(service: RouterService) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if service.batches is not None:  # batches a previous router left running
+            await run_in_threadpool(service.batches.runner.resume_unfinished)
         yield
         await run_in_threadpool(service.shutdown)
 

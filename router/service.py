@@ -11,6 +11,9 @@ import node_runtime
 
 from deploy.catalog import Catalog, load_catalog
 from router.auth import AuthConfigError, Authenticator, build_authenticator
+from router.batches.api import BatchService
+from router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
+from router.batches.store import BatchStore
 from router.dispatch import Dispatcher
 from router.executors.globus import GlobusExecutor, SharedSubmitter, default_sdk_executor
 from router.executors.pool import ExecutorPool, engine_factory
@@ -33,6 +36,7 @@ class RouterService:
     metrics: Metrics
     job_listing: JobListing
     closers: list[Callable[[], None]] = field(default_factory=list)
+    batches: BatchService | None = None
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -60,6 +64,7 @@ def build_service(
     closers: list[Callable[[], None]] = []
     if settings.executor == "engine":
         pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+        batch_pool = ExecutorPool(engine_batch_factory(state_dir))
         job_listing = JobListing(catalogs)
     else:
         registries = {c.cluster: load_registry(root, c.cluster) for c in catalogs}
@@ -74,20 +79,54 @@ def build_service(
             for c in catalogs
         }
         job_listing = JobListing(catalogs, remote=jobs_endpoints)
+        batch_pool = ExecutorPool(
+            lambda route: GlobusExecutor(
+                batch_endpoint(route), registries[route.cluster], submitter
+            )
+        )
     dispatcher = Dispatcher(
         pool, tracker, settings.wait_s, node_runtime.__version__, job_listing=job_listing
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
+    authenticator = build_authenticator(settings.auth, root)
+    batches = _batch_service(settings, catalogs, table, batch_pool, authenticator, state_dir)
+    closers += [batch_pool.shutdown, batches.shutdown]
     return RouterService(
         settings=settings,
         table=table,
         tracker=tracker,
         pool=pool,
         dispatcher=dispatcher,
-        authenticator=build_authenticator(settings.auth, root),
+        authenticator=authenticator,
         metrics=metrics,
         job_listing=job_listing,
         closers=closers,
+        batches=batches,
+    )
+
+
+def _batch_service(
+    settings: RouterSettings,
+    catalogs: list[Catalog],
+    table: RouteTable,
+    batch_pool: ExecutorPool,
+    authenticator: Authenticator,
+    state_dir: Path,
+) -> BatchService:
+    """Batches: records in SQLite, jobs on each model's batch twin endpoint."""
+    store = BatchStore(Path(settings.batches.db or state_dir / "batches.db"))
+    runner = BatchRunner(
+        store, table, batch_pool.get, node_runtime.__version__, settings.batches.concurrency
+    )
+    return BatchService(
+        store=store,
+        runner=runner,
+        table=table,
+        profiles={c.cluster: c.profile for c in catalogs},
+        authenticator=authenticator,
+        auth=settings.auth,
+        files_dir=state_dir / "batches" / "files",
+        max_file_bytes=settings.batches.max_file_bytes,
     )
 
 

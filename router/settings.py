@@ -48,6 +48,14 @@ class ListenSettings(_Settings):
     port: int = Field(default=8080, ge=1, le=65535)
 
 
+class BatchSettings(_Settings):
+    """Batches: where their records live, how hard each job feeds its server."""
+
+    db: str | None = Field(default=None, description="SQLite file; default <state_dir>/batches.db")
+    concurrency: int = Field(default=16, ge=1, le=1024, description="requests in flight a job")
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
+
+
 class RouterSettings(_Settings):
     """One router deployment."""
 
@@ -60,6 +68,7 @@ class RouterSettings(_Settings):
     state_dir: str = Field(default=".state/router", description="logs, run dirs, records")
     log_prompts: bool = False
     auth: AuthSettings
+    batches: BatchSettings = BatchSettings()
 
 
 def load_settings(path: Path, root: Path) -> RouterSettings:
