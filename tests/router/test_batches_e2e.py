@@ -194,3 +194,36 @@ def test_cancel_mid_run_keeps_the_finished_lines(router: RunningRouter, root: Pa
     assert 0 < len(kept) < 5000
     assert batch["request_counts"]["completed"] == len(kept)
     assert len({x["custom_id"] for x in kept}) == len(kept)
+
+
+def test_router_restarted_mid_batch_resumes_it_without_answering_twice(
+    router: RunningRouter, root: Path
+) -> None:
+    """Stopping the router cancels the batch job's block mid-run (a cut job); the next
+    router submits the batch again, and the job resumes from its output file."""
+    total = 1500
+    source = write_batch(root, "restart.jsonl", [request_line(n) for n in range(total)])
+    first = start_router(root, "restarting", wait_s=300)
+    try:
+        created = httpx.post(
+            first.url + GUIDE,
+            headers=headers(first),
+            json={"model": TINY, "input_file": str(source)},
+        ).json()
+        url = f"/v1/batches/{created['id']}"
+        wait_until(first, url, lambda b: b["request_counts"]["completed"] >= 50, COLD_S)
+    finally:
+        stop_router(first)
+    cut = len(Path(created["output_file_path"]).read_text().splitlines())
+    assert cut < total, "the batch ended before the router stopped; nothing to resume"
+    second = start_router(root, "restarting", wait_s=300)
+    try:
+        batch = wait_until(second, url, lambda b: b["status"] == "completed", COLD_S)
+        result = httpx.get(f"{second.url}{GUIDE}/{created['id']}/result", headers=headers(second))
+        assert result.status_code == 200
+    finally:
+        stop_router(second)
+    lines = [json.loads(x) for x in Path(batch["output_file_path"]).read_text().splitlines()]
+    ids = [x["custom_id"] for x in lines]
+    assert len(ids) == len(set(ids)) == total
+    assert batch["request_counts"] == {"total": total, "completed": total, "failed": 0}
