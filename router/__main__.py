@@ -39,6 +39,8 @@ def main(config: Path, root: Path) -> None:
         host=settings.listen.host,
         port=settings.listen.port,
         log_level="warning",
+        http="httptools",
+        loop="uvloop",
         timeout_graceful_shutdown=5,
     )
 

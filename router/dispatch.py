@@ -76,7 +76,8 @@ class Dispatcher:
             if done:
                 break
             waited = time.monotonic() - began
-            held = executor.node_held()
+            # A round trip to the engine's interchange: off the event loop.
+            held = await asyncio.to_thread(executor.node_held)
             if held is None:
                 held = await self._job_running(route)
             status = self.tracker.waiting(key, held)

@@ -37,6 +37,7 @@ class EngineExecutor:
             os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.name = endpoint_dir.name
         self.serializer = ComputeSerializer(strategy_code=PureSourceTextInspect())
+        self._functions: dict[Callable[..., Any], str] = {}
         self.engine = load_endpoint_dir(endpoint_dir).engine
         run_dir.mkdir(parents=True, exist_ok=True)
         self.engine.start(endpoint_id=uuid.uuid5(_NAMESPACE, self.name), run_dir=str(run_dir))
@@ -44,8 +45,10 @@ class EngineExecutor:
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``function(*args)`` on a worker; the future holds its return value."""
         task_id = uuid.uuid4()
+        if function not in self._functions:  # its source, read and packed once
+            self._functions[function] = self.serializer.serialize(function)
         buffers = [
-            self.serializer.serialize(function),
+            self._functions[function],
             self.serializer.serialize(args),
             self.serializer.serialize({}),
         ]
