@@ -90,7 +90,8 @@ def build_service(
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)
     batches = _batch_service(settings, catalogs, table, batch_pool, authenticator, state_dir)
-    closers += [batch_pool.shutdown, batches.shutdown]
+    # Jobs cut by this router's stop are not failures: the next router resumes them.
+    closers += [batches.runner.stop, batch_pool.shutdown, batches.shutdown]
     return RouterService(
         settings=settings,
         table=table,

@@ -144,7 +144,8 @@ class _Handlers:
         else:
             raise APIError(400, "'output_file_path' must be a path.", param="output_file_path")
         source = self.b.store.add_file(caller.user, input_path.name, "batch", input_path)
-        batch = self._submit(caller, route, batch_id, source, output, check.url or "", None)
+        endpoint = check.url or ""
+        batch = self._submit(caller, route, batch_id, source, output, endpoint, check.requests)
         return JSONResponse(batch_object(batch), status_code=200)
 
     async def guide_result(self, request: Request) -> Response:
@@ -236,12 +237,16 @@ class _Handlers:
                 param="endpoint",
             )
         path = Path(source.path)
-        await run_in_threadpool(check_file, path, route.model, (str(endpoint),), "input_file_id")
+        check = await run_in_threadpool(
+            check_file, path, route.model, (str(endpoint),), "input_file_id"
+        )
         batch_id = new_id("batch")
         output = Path(self.b.profiles[route.cluster].paths.batch_output_root) / batch_id
-        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else None
+        given = body.get("metadata")
+        metadata = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else None
+        output = output / "output.jsonl"
         batch = self._submit(
-            caller, route, batch_id, source, output / "output.jsonl", str(endpoint), metadata
+            caller, route, batch_id, source, output, str(endpoint), check.requests, metadata
         )
         return JSONResponse(batch_object(batch))
 
@@ -284,12 +289,11 @@ class _Handlers:
         source: FileRecord,
         output: Path,
         endpoint: str,
-        metadata: dict[str, str] | None,
+        total: int,
+        metadata: dict[str, str] | None = None,
     ) -> BatchRecord:
         output.parent.mkdir(parents=True, exist_ok=True)
         now = int(time.time())
-        with open(source.path, "rb") as handle:
-            total = sum(1 for raw in handle if raw.strip())
         batch = BatchRecord(
             id=batch_id,
             owner=caller.user,

@@ -62,6 +62,7 @@ class BatchRunner:
         self.concurrency = concurrency
         self._lock = threading.Lock()
         self._running: dict[str, Future[Any]] = {}
+        self._stopping = False
 
     def start(self, batch: BatchRecord) -> None:
         """Submit the batch's job in the background (an engine may take a while to start)."""
@@ -109,7 +110,14 @@ class BatchRunner:
 
     def _finish(self, batch_id: str, result: dict[str, Any] | None, error: str | None) -> None:
         with self._lock:
+            if self._stopping:
+                return  # the router stops its jobs: the batch stays unfinished, to resume
             self._record_outcome(batch_id, result, error)
+
+    def stop(self) -> None:
+        """Record no more outcomes: jobs cut from now on are the router's own stop."""
+        with self._lock:
+            self._stopping = True
 
     def _record_outcome(
         self, batch_id: str, result: dict[str, Any] | None, error: str | None

@@ -307,8 +307,12 @@ async def test_the_openai_sdk_flow(batches: Harness) -> None:
     uploaded = await sdk.files.create(file=("in.jsonl", data.encode()), purpose="batch")
     assert uploaded.purpose == "batch" and uploaded.bytes == len(data)
     batch = await sdk.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h"
+        input_file_id=uploaded.id,
+        endpoint="/v1/completions",
+        completion_window="24h",
+        metadata={"run": "one"},
     )
+    assert batch.metadata == {"run": "one"}
     deadline = time.monotonic() + 20
     while batch.status != "completed" and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -368,6 +372,30 @@ def test_a_cut_job_resumes_without_answering_twice(tmp_path: Path, model: FakeMo
     assert len(model.seen) == 20
     progress = node_runtime.batch.read_progress(str(output))
     assert progress is not None and progress["completed"] == 30 and progress["total"] == 30
+
+
+async def test_a_job_cut_by_the_routers_stop_stays_unfinished(
+    batches: Harness, tmp_path: Path
+) -> None:
+    """The router's own stop cuts its jobs; they are resumed later, not failed."""
+    assert batches.service.batches is not None
+    runner = batches.service.batches.runner
+    cut: Future[Any] = Future()
+    job = ThreadJob()
+    job.submit = lambda function, *args: cut  # type: ignore[method-assign]
+    runner.executor_for = lambda route: job
+    source = write_lines(tmp_path / "in" / "cut.jsonl", [line(1)])
+    batch = (
+        await batches.client.post(
+            GUIDE, headers=batches.auth, json={"model": TINY, "input_file": str(source)}
+        )
+    ).json()
+    while not runner.running(batch["id"]):
+        await asyncio.sleep(0.01)
+    runner.stop()
+    cut.set_exception(RuntimeError("the block was cancelled"))
+    assert runner.store.batch(batch["id"], None).status == "in_progress"  # type: ignore[union-attr]
+    assert runner.store.batches(None, unfinished=True)[0].id == batch["id"]
 
 
 def test_records_outlive_the_store(tmp_path: Path) -> None:
