@@ -140,9 +140,9 @@ def scratch_root(tmp_path: Path, with_registry: bool) -> Path:
         catalog = load_catalog(root, "sophia")
         ids = {e.endpoint_name: str(uuid.uuid4()) for e in catalog.entries}
         ids["sophia-jobs"] = str(uuid.uuid4())
-        (root / "config" / "registry" / "sophia.yaml").write_text(
-            yaml.safe_dump(registry(ids).model_dump())
-        )
+        registry_file = root / "config" / "registry" / "sophia.yaml"
+        registry_file.parent.mkdir(parents=True, exist_ok=True)
+        registry_file.write_text(yaml.safe_dump(registry(ids).model_dump()))
     return root
 
 
