@@ -29,7 +29,7 @@ class EntryPoint:
 
     name: str
     module: str
-    runs_on: Literal["model", "jobs"]
+    runs_on: Literal["model", "batch", "jobs"]
 
     def load(self) -> Callable[..., Any]:
         function: Callable[..., Any] = getattr(importlib.import_module(self.module), self.name)
@@ -38,6 +38,7 @@ class EntryPoint:
 
 ENTRY_POINTS = (
     EntryPoint("serve", "node_runtime.entrypoints", "model"),
+    EntryPoint("run_batch", "node_runtime.batch", "batch"),
     EntryPoint("list_bundle_jobs", "node_runtime.jobs", "jobs"),
 )
 

@@ -164,12 +164,15 @@ def render_entry(
 
 
 def render_catalog(
-    catalog: Catalog, templates: Path, allowed_functions: Sequence[str] = ()
+    catalog: Catalog,
+    templates: Path,
+    allowed_functions: Sequence[str] = (),
+    batch_functions: Sequence[str] = (),
 ) -> list[RenderedEndpoint]:
     """Every enabled endpoint of a cluster, plus a batch endpoint for batch-capable ones.
 
-    ``allowed_functions`` (registered function ids) go into each endpoint's config.yaml;
-    empty: the endpoint runs any function.
+    ``allowed_functions`` (registered function ids) go into each model endpoint's
+    config.yaml and ``batch_functions`` into each batch endpoint's; empty: any function.
     """
     problems = _jinja_free(catalog.profile, f"config/clusters/{catalog.cluster}.yaml")
     if problems:
@@ -179,7 +182,7 @@ def render_catalog(
     for entry in catalog.enabled():
         rendered.append(render_entry(entry, catalog.profile, env, False, allowed_functions))
         if entry.endpoint.batch:
-            rendered.append(render_entry(entry, catalog.profile, env, True, allowed_functions))
+            rendered.append(render_entry(entry, catalog.profile, env, True, batch_functions))
     return rendered
 
 

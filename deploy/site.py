@@ -137,7 +137,9 @@ def load_site(root: Path, cluster: str, endpoints_dir: Path | None = None) -> Si
 def render_site(site: Site, ids: Mapping[str, str]) -> list[RenderedEndpoint]:
     """Every endpoint the cluster needs, each allowed only its own functions."""
     templates = site.root / "templates"
-    endpoints = render_catalog(site.catalog, templates, allowed_functions(ids, "model"))
+    endpoints = render_catalog(
+        site.catalog, templates, allowed_functions(ids, "model"), allowed_functions(ids, "batch")
+    )
     jobs = render_jobs_endpoint(site.catalog.profile, templates, allowed_functions(ids, "jobs"))
     if jobs.name in {e.name for e in endpoints}:
         raise SiteDeployError(

@@ -223,12 +223,15 @@ def test_first_deploy_installs_registers_writes_starts_and_records(fakes: Fakes)
         ["python", "-c", "import node_runtime; print(node_runtime.__version__)"],
     ]
     registered = {name: (sha, fid) for name, sha, fid in fakes.client.registered}
-    assert sorted(registered) == ["list_bundle_jobs", "serve"]
+    assert sorted(registered) == ["list_bundle_jobs", "run_batch", "serve"]
     serve_id, jobs_id = registered["serve"][1], registered["list_bundle_jobs"][1]
+    batch_id = registered["run_batch"][1]
 
-    # Each endpoint is allowed only its own function; the jobs endpoint only the listing.
+    # Each endpoint is allowed only its own function: model endpoints serve, batch twins
+    # run batches, the jobs endpoint lists jobs.
     for name in ENDPOINTS[:-1]:
-        assert _allowed(fakes, name) == [serve_id]
+        expected = batch_id if name.endswith("-batch") else serve_id
+        assert _allowed(fakes, name) == [expected]
     assert _allowed(fakes, "sophia-jobs") == [jobs_id]
     assert sorted(p.name for p in fakes.endpoints_dir.iterdir()) == sorted(ENDPOINTS)
 
@@ -307,7 +310,8 @@ def test_changed_function_source_is_registered_again_and_its_endpoints_restart(
     assert [name for name, _, _ in fakes.client.registered] == ["serve"]
     new_serve = fakes.client.registered[0][2]
     assert new_serve != old_serve
-    assert sorted(fakes.endpoint_calls()) == [("restart", name) for name in ENDPOINTS[:-1]]
+    model_endpoints = [n for n in ENDPOINTS[:-1] if not n.endswith("-batch")]
+    assert sorted(fakes.endpoint_calls()) == [("restart", name) for name in model_endpoints]
     assert _allowed(fakes, "sophia-nv-embed-v2") == [new_serve]
     assert load_registry(fakes.root, "sophia").function_id("serve") == new_serve
 
@@ -365,7 +369,7 @@ def test_dry_run_end_to_end_prints_the_plan_and_touches_nothing(
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "plan (dry run: nothing is changed)" in out
-    assert "functions to register: serve, list_bundle_jobs" in out
+    assert "functions to register: serve, run_batch, list_bundle_jobs" in out
     assert "node runtime: install 0.1.0" in out
     assert "files change in 36" in out
     assert "    sophia-meta-llama-3-1-405b-instruct: new" in out
