@@ -6,6 +6,7 @@ and Infinity environments are linked in from this checkout to keep the test shor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -102,6 +103,40 @@ def test_openai_sdk_against_the_deployment(deployed: tuple[Path, int, str]) -> N
     embed = openai.OpenAI(api_key=key, base_url=f"{base}/infinity/v1")
     vectors = embed.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input="hi")
     assert len(vectors.data[0].embedding) == 384
+
+
+def test_a_small_batch_through_the_openai_sdk(deployed: tuple[Path, int, str]) -> None:
+    _, port, key = deployed
+    client = openai.OpenAI(api_key=key, base_url=f"http://127.0.0.1:{port}/v1")
+    lines = [
+        {
+            "custom_id": f"question-{n}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "local/tiny-llama",
+                "messages": [{"role": "user", "content": f"Question {n}"}],
+                "max_tokens": 2,
+            },
+        }
+        for n in range(5)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("questions.jsonl", data), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 600
+    while batch.status not in ("completed", "failed", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(1)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.output_file_id is not None
+    answers = client.files.content(batch.output_file_id).text.splitlines()
+    assert sorted(json.loads(a)["custom_id"] for a in answers) == [
+        f"question-{n}" for n in range(5)
+    ]
 
 
 def test_second_deploy_is_a_no_op_that_says_so(deployed: tuple[Path, int, str]) -> None:
