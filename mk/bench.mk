@@ -54,3 +54,10 @@ nginx-package:
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS='--profile .state/bench/profile'.
 bench-router: bench-peers vllm-venv local-models venv
 	$(BIN)/python bench/router_overhead.py $(BENCH_ARGS)
+
+# The batch benchmark (bench/batch.py): the bundle's batch path against vLLM's run_batch (cold,
+# end to end) and against the running vLLM server fed directly (warm req/s). It needs the
+# benchmark client's venv (aiohttp) only, none of the peers.
+.PHONY: bench-batch
+bench-batch: $(BENCH_STAMP) vllm-venv local-models venv
+	$(BIN)/python bench/batch.py $(BENCH_ARGS)
