@@ -286,9 +286,11 @@ class Bench:
         samples["bundle_cold"].append(cold)
         print(f"  bundle cold: {cold['wall_s']:.1f} s (+{router_s:.1f} s router)", file=sys.stderr)
         upstream = vllm_port(self.spec)
+        # D B B D ...: every direct run follows a batch at once. The batch twin's block goes
+        # after batch_idle_timeout_s (60 s locally) without a batch, and the runtime's watchdog
+        # stops the vLLM server with it: two direct runs in a row could outlive it.
         for rep in range(self.args.warm):
-            flip = (rep + len(samples["bundle_cold"])) % 2
-            for side in ("direct", "bundle") if flip else ("bundle", "direct"):
+            for side in ("direct", "bundle") if rep % 2 == 0 else ("bundle", "direct"):
                 if side == "direct":
                     got = self.direct(upstream)
                     got["rps"] = got["n"] / got["elapsed_s"]
