@@ -23,7 +23,7 @@ def local_slurm() -> Iterator[Path]:
     the last one out stops it if a test session started it (not if an operator did).
     """
     if shutil.which("slurmctld") is None and os.geteuid() != 0:
-        pytest.skip("Slurm is not installed and this is not root: run `make slurm-packages`")
+        pytest.fail("Slurm is not installed and this is not root: run `make slurm-packages`")
     state = Path(os.environ.get("LOCAL_SLURM_DIR", ROOT / ".state" / "slurm"))
     state.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LOCAL_SLURM_DIR=str(state))

@@ -78,13 +78,12 @@ def test_a_runtime_version_mismatch_fails_with_a_clear_message(engine: EngineRun
         engine.call(list_bundle_jobs, "0.0.0", engine.scheduler, {}, None)
 
 
-@pytest.mark.skipif(
-    not (TINY_MODEL / "config.json").exists() or not VLLM_PYTHON.exists(),
-    reason="the tiny model or the vLLM environment is missing: run `make backends`",
-)
 def test_one_chat_request_through_serve_then_the_listing_shows_it_ready(
     engine: EngineRun, server_state_dir: Path
 ) -> None:
+    assert (TINY_MODEL / "config.json").exists() and VLLM_PYTHON.exists(), (
+        "the tiny model or the vLLM environment is missing: run `make backends`"
+    )
     from node_runtime.entrypoints import serve
 
     spec = {
