@@ -132,7 +132,7 @@ def create_app(service: RouterService) -> Starlette:
 
     ops = "{operation:path}"
     # Batch and file routes first: the operation routes below would take their paths.
-    routes = [] if service.batches is None else batch_routes(service.batches)
+    routes = batch_routes(service.batches)
     routes += [
         HTTPRoute(
             f"/resource_server/{{cluster}}/{{framework}}/v1/{ops}", operation, methods=["POST"]
@@ -148,8 +148,8 @@ def create_app(service: RouterService) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if service.batches is not None:  # batches a previous router left running
-            await run_in_threadpool(service.batches.runner.resume_unfinished)
+        # Batches a previous router left running go on.
+        await run_in_threadpool(service.batches.runner.resume_unfinished)
         yield
         await run_in_threadpool(service.shutdown)
 

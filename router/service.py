@@ -35,8 +35,8 @@ class RouterService:
     authenticator: Authenticator
     metrics: Metrics
     job_listing: JobListing
+    batches: BatchService
     closers: list[Callable[[], None]] = field(default_factory=list)
-    batches: BatchService | None = None
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -115,7 +115,8 @@ def _batch_service(
     state_dir: Path,
 ) -> BatchService:
     """Batches: records in SQLite, jobs on each model's batch twin endpoint."""
-    store = BatchStore(Path(settings.batches.db or state_dir / "batches.db"))
+    # A relative database path is taken from the router's state folder, like the rest.
+    store = BatchStore(state_dir / (settings.batches.db or "batches.db"))
     runner = BatchRunner(
         store, table, batch_pool.get, node_runtime.__version__, settings.batches.concurrency
     )

@@ -51,7 +51,9 @@ class ListenSettings(_Settings):
 class BatchSettings(_Settings):
     """Batches: where their records live, how hard each job feeds its server."""
 
-    db: str | None = Field(default=None, description="SQLite file; default <state_dir>/batches.db")
+    db: str | None = Field(
+        default=None, description="SQLite file, relative to state_dir; default batches.db"
+    )
     concurrency: int = Field(default=16, ge=1, le=1024, description="requests in flight a job")
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
 

@@ -112,7 +112,6 @@ async def batches(
     make_harness: Callable[..., Harness], tmp_path: Path, model: FakeModel
 ) -> AsyncIterator[Harness]:
     h = make_harness()
-    assert h.service.batches is not None
     svc = h.service.batches
     paths = svc.profiles["local"].paths.model_copy(
         update={
@@ -378,7 +377,6 @@ async def test_a_job_cut_by_the_routers_stop_stays_unfinished(
     batches: Harness, tmp_path: Path
 ) -> None:
     """The router's own stop cuts its jobs; they are resumed later, not failed."""
-    assert batches.service.batches is not None
     runner = batches.service.batches.runner
     cut: Future[Any] = Future()
     job = ThreadJob()
