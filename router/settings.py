@@ -54,7 +54,7 @@ class BatchSettings(_Settings):
     db: str | None = Field(
         default=None, description="SQLite file, relative to state_dir; default batches.db"
     )
-    concurrency: int = Field(default=16, ge=1, le=1024, description="requests in flight a job")
+    concurrency: int = Field(default=64, ge=1, le=1024, description="requests in flight a job")
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
 
 
