@@ -24,6 +24,7 @@ from router import streaming
 from router.accesslog import log_request
 from router.auth import Caller, check_access, may_use
 from router.batches.api import batch_routes
+from router.bodies import read_limited
 from router.dispatch import Answer
 from router.errors import APIError
 from router.routes import FRAMEWORK_PATHS, Route
@@ -182,14 +183,7 @@ async def _read_json(service: RouterService, request: Request) -> Any:
         "or use the batch API.",
         code="request_too_large",
     )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_large
+    body = await read_limited(request, limit, too_large)
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:

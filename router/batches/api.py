@@ -33,6 +33,7 @@ from router.batches.validation import (
     path_under,
     supported_urls,
 )
+from router.bodies import read_limited
 from router.errors import APIError
 from router.routes import Route, RouteTable
 from router.settings import AuthSettings
@@ -401,18 +402,10 @@ def _first_model(path: Path) -> Any:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
     too_large = APIError(
         413, f"The upload is larger than {limit // 2**20} MB.", code="request_too_large"
     )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return await read_limited(request, limit, too_large)
 
 
 async def _multipart(request: Request, limit: int) -> dict[str, tuple[str | None, bytes]]:

@@ -421,3 +421,16 @@ def _spec(tmp_path: Path) -> dict[str, Any]:
         "start_timeout_s": 60,
         "state_dir": str(tmp_path / "state"),
     }
+
+
+async def test_an_upload_over_the_limit_is_a_413(batches: Harness) -> None:
+    batches.service.batches.max_file_bytes = 1024
+    data = "".join(json.dumps(line(n)) + "\n" for n in range(50))
+    response = await batches.client.post(
+        "/v1/files",
+        headers=batches.auth,
+        files={"file": ("in.jsonl", data.encode())},
+        data={"purpose": "batch"},
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
