@@ -152,6 +152,8 @@ def create_app(service: RouterService) -> Starlette:
         # Batches a previous router left running go on.
         await run_in_threadpool(service.batches.runner.resume_unfinished)
         yield
+        if service.dispatcher.direct is not None:
+            await service.dispatcher.direct.close()
         await run_in_threadpool(service.shutdown)
 
     return Starlette(
@@ -308,6 +310,8 @@ def _record(
     latency = time.monotonic() - began
     metrics = service.metrics
     metrics.requests.labels(context["operation"], context["model"], str(status)).inc()
+    via = answer.via if answer is not None else "none"
+    metrics.paths.labels(via).inc()
     metrics.latency.labels(context["operation"]).observe(latency)
     start_wait = answer.start_wait_s if answer else 0.0
     if answer is not None and answer.cold_start:
@@ -318,6 +322,7 @@ def _record(
         status=status,
         latency_ms=round(latency * 1000, 2),
         start_wait_s=round(start_wait, 3),
+        via=via,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from node_runtime.entrypoints import serve
 
+from router.direct import DirectPath
 from router.errors import APIError
 from router.executors.base import FunctionFailed
 from router.executors.pool import ExecutorPool
@@ -30,13 +31,16 @@ class Answer:
     start_wait_s: float  # time the node runtime spent starting the server
     waited_s: float  # time this request waited in the router
     cold_start: bool
+    via: str = "endpoint"  # or "direct": straight to the model server on this host
 
 
 class Dispatcher:
     """Submits the registered entry point for a route and awaits its answer.
 
     A request waits at most ``wait_s``; past that it gets a 503 with the model's state and
-    Retry-After, while its task goes on starting the model for the next request.
+    Retry-After, while its task goes on starting the model for the next request. With a
+    ``direct`` path, requests for a model whose server runs on this host skip the endpoint
+    (see router.direct).
     """
 
     def __init__(
@@ -47,8 +51,10 @@ class Dispatcher:
         runtime_version: str,
         poll_s: float = 1.0,
         job_listing: JobListing | None = None,
+        direct: DirectPath | None = None,
     ) -> None:
         self.job_listing = job_listing
+        self.direct = direct
         self.pool = pool
         self.tracker = tracker
         self.wait_s = wait_s
@@ -58,6 +64,10 @@ class Dispatcher:
     async def send(self, route: Route, request: dict[str, Any], on_wait: OnWait | None) -> Answer:
         key = route.endpoint_name
         began = time.monotonic()
+        if self.direct is not None and self.direct.take(route):
+            answer = await self._send_direct(self.direct, route, request, began)
+            if answer is not None:
+                return answer
         try:
             executor = await asyncio.to_thread(self.pool.get, route)
         except Exception as err:
@@ -69,7 +79,7 @@ class Dispatcher:
             ) from None
         cold = self.tracker.begin(key)
         future = executor.submit(serve, self.runtime_version, route.spec, request)
-        future.add_done_callback(lambda done: self._finished(key, done))
+        future.add_done_callback(lambda done: self._finished(route, done))
         waiting = asyncio.wrap_future(future)
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=self.poll_s)
@@ -111,6 +121,22 @@ class Dispatcher:
             cold_start=cold,
         )
 
+    async def _send_direct(
+        self, direct: DirectPath, route: Route, request: dict[str, Any], began: float
+    ) -> Answer | None:
+        key = route.endpoint_name
+        self.tracker.begin(key)
+        sent = None
+        try:
+            sent = await direct.send(route, request)
+        finally:
+            self.tracker.finish(key, answered=sent is not None)
+        if sent is None:
+            return None
+        return Answer(
+            sent[0], sent[1], 0.0, time.monotonic() - began, cold_start=False, via="direct"
+        )
+
     async def _job_running(self, route: Route) -> bool:
         """Whether the scheduler runs the endpoint's job, when the executor cannot say."""
         if self.job_listing is None:
@@ -124,11 +150,13 @@ class Dispatcher:
             for job in listing.get("jobs", [])
         )
 
-    def _finished(self, key: str, done: Future[Any]) -> None:
+    def _finished(self, route: Route, done: Future[Any]) -> None:
         error = done.exception()
         self.tracker.finish(
-            key, answered=error is None, error=None if error is None else str(error)
+            route.endpoint_name, answered=error is None, error=None if error is None else str(error)
         )
+        if self.direct is not None:
+            self.direct.learn(route, done.result() if error is None else None)
 
 
 def _retrieve(done: asyncio.Future[Any]) -> None:

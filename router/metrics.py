@@ -43,6 +43,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.paths = Counter(
+            "router_request_paths",
+            "Requests by the way they took: endpoint, direct (to a server on this host), none",
+            ["via"],
+            registry=self.registry,
+        )
         self.cold_starts = Counter(
             "router_cold_starts", "Requests that started a model", ["model"], registry=self.registry
         )

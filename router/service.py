@@ -14,6 +14,7 @@ from router.auth import AuthConfigError, Authenticator, build_authenticator
 from router.batches.api import BatchService
 from router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
 from router.batches.store import BatchStore
+from router.direct import DirectPath
 from router.dispatch import Dispatcher
 from router.executors.globus import GlobusExecutor, SharedSubmitter, default_sdk_executor
 from router.executors.pool import ExecutorPool, engine_factory
@@ -84,8 +85,16 @@ def build_service(
                 batch_endpoint(route), registries[route.cluster], submitter
             )
         )
+    direct = None
+    if settings.executor == "engine" and settings.direct_path.enabled:
+        direct = DirectPath(settings.direct_path.refresh_s, timeout_s=settings.wait_s)
     dispatcher = Dispatcher(
-        pool, tracker, settings.wait_s, node_runtime.__version__, job_listing=job_listing
+        pool,
+        tracker,
+        settings.wait_s,
+        node_runtime.__version__,
+        job_listing=job_listing,
+        direct=direct,
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)

@@ -58,6 +58,18 @@ class BatchSettings(_Settings):
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
 
 
+class DirectPathSettings(_Settings):
+    """Engine executor: warm requests straight to a model server on the router's host."""
+
+    enabled: bool = True
+    refresh_s: float = Field(
+        default=30,
+        gt=0,
+        description="one request this often still goes through the endpoint, so that its "
+        "engine keeps the job while the model is used",
+    )
+
+
 class RouterSettings(_Settings):
     """One router deployment."""
 
@@ -71,6 +83,7 @@ class RouterSettings(_Settings):
     log_prompts: bool = False
     auth: AuthSettings
     batches: BatchSettings = BatchSettings()
+    direct_path: DirectPathSettings = DirectPathSettings()
 
 
 def load_settings(path: Path, root: Path) -> RouterSettings:

@@ -48,7 +48,13 @@ Result envelope::
 
     {"runtime_version": str, "status": int, "body": <json>,
      "timings": {"start_wait_s": float, "latency_s": float},
-     "server": "started" | "reused"}
+     "server": "started" | "reused",
+     "node": {"host": str, "port": int, "server_id": str, "folder": str}}  # when a server answered
+
+A caller on the server's own host may then send requests to 127.0.0.1:<port> itself,
+each inside ``lease_running(folder, server_id)``, which holds the same in-flight marker and
+last-use stamp as a request through ``handle`` and yields None (go through ``handle``) once
+that server is gone, replaced, or being started or stopped.
 
 A backend error keeps its status and OpenAI error body; no answer at all becomes 502.
 Idle teardown: each request holds a shared lock on an in-flight marker and stamps a last-use
@@ -68,6 +74,7 @@ from .server import (  # noqa: E402
     ServerHandle,
     ServerStartError,
     ensure_server,
+    lease_running,
     stop_server,
     use_server,
 )
@@ -84,6 +91,7 @@ __all__ = [
     "__version__",
     "ensure_server",
     "handle",
+    "lease_running",
     "stop_server",
     "use_server",
 ]

@@ -70,10 +70,11 @@ def _exchange(
         conn.close()
     else:
         conns[port] = (conn, time.monotonic())
-    return response.status, _decode(response.status, raw)
+    return response.status, decode_answer(response.status, raw)
 
 
-def _decode(status: int, raw: bytes) -> Any:
+def decode_answer(status: int, raw: bytes) -> Any:
+    """A server's answer as JSON; one that is not JSON becomes an OpenAI error body."""
     try:
         return json.loads(raw) if raw else None
     except ValueError:

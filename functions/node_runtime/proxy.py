@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +45,9 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
     """Ensure the model's server on this node and forward one request; return the envelope.
 
     The envelope is {"runtime_version", "status", "body", "timings": {"start_wait_s",
-    "latency_s"}, "server": "started" | "reused"}. A backend error keeps its status and
+    "latency_s"}, "server": "started" | "reused", "node": {"host", "port", "server_id",
+    "folder"}} ("node" when a server answered: where a caller on the same host may reach it
+    directly, see ``server.lease_running``). A backend error keeps its status and
     OpenAI error body. If the server is found gone at connect time it is started again and
     the request sent once more.
     """
@@ -89,7 +92,14 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
                     time.monotonic() - began,
                     started,
                 )
-            return _envelope(status, answer, start_wait, time.monotonic() - began, started)
+            envelope = _envelope(status, answer, start_wait, time.monotonic() - began, started)
+            envelope["node"] = {
+                "host": socket.gethostname(),
+                "port": server.port,
+                "server_id": server.server_id,
+                "folder": server.folder,
+            }
+            return envelope
     raise AssertionError("unreachable")
 
 

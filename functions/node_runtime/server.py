@@ -16,6 +16,7 @@ from pathlib import Path
 from . import backend, launch, procs
 from .spec import ServerSpec
 from .state import (
+    LockTimeout,
     ServerPaths,
     ServerState,
     clear_state,
@@ -43,6 +44,7 @@ class ServerHandle:
     server_id: str
     started: bool  # True if this call started it, False if it reused a running one
     start_wait_s: float  # time spent waiting for the lock and the start
+    folder: str = ""  # the server's files (lock, state, in-flight marker) on this node
 
 
 def _lock_wait_s(spec: ServerSpec) -> float:
@@ -63,9 +65,45 @@ def use_server(spec: ServerSpec) -> Iterator[ServerHandle]:
         state, started = _ensure_locked(spec, paths)
         marker = hold_in_flight(paths)
     try:
-        yield ServerHandle(state.port, state.server_id, started, time.monotonic() - began)
+        yield ServerHandle(
+            state.port, state.server_id, started, time.monotonic() - began, str(paths.root)
+        )
     finally:
         release_in_flight(paths, marker)
+
+
+@contextlib.contextmanager
+def lease_running(folder: str, server_id: str) -> Iterator[int | None]:
+    """Hold the in-flight marker on a server that already runs; never wait, never start.
+
+    For a caller on the same node that sends its requests to the server itself (the
+    router's direct path, once a request through handle() told it the server's folder and
+    id). It yields the port while server_id is still the recorded, live, ready server, and
+    None otherwise, or when the model's lock is taken (a start or a stop under way: the
+    caller goes through handle() instead). Like a request through handle(), the marker keeps
+    the watchdog off while the body runs and stamps the last use.
+    """
+    paths = ServerPaths(Path(folder))
+    marker = None
+    port = None
+    try:
+        with exclusive_lock(paths.lock, 0.0, f"server {server_id}"):
+            state = read_state(paths)
+            if (
+                state is not None
+                and state.server_id == server_id
+                and state.ready_at > 0.0
+                and procs.is_alive(state.pid, state.pid_ticks)
+            ):
+                marker = hold_in_flight(paths)
+                port = state.port
+    except (LockTimeout, FileNotFoundError):
+        pass  # busy or gone: not for a direct request
+    try:
+        yield port
+    finally:
+        if marker is not None:
+            release_in_flight(paths, marker)
 
 
 def ensure_server(spec: ServerSpec) -> ServerHandle:

@@ -24,6 +24,7 @@ import node_runtime
 import openai
 import pytest
 import yaml
+from node_runtime.state import ServerPaths, idle_for
 
 from deploy.catalog import load_catalog
 from deploy.specs import server_spec
@@ -76,6 +77,8 @@ def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
                 "wait_s": wait_s,
                 "state_dir": str(root / ".state" / name),
                 "auth": {"mode": "keys", "keys_file": str(keys)},
+                # no refresh through the endpoint within a test: the counts below are exact
+                "direct_path": {"refresh_s": 3600},
             }
         )
     )
@@ -170,6 +173,31 @@ def test_chat_completions_models_and_streaming(router: RunningRouter) -> None:
     )
     assert chunks[-1].usage.total_tokens == first.usage.total_tokens
     assert [m.id for m in client.models.list().data] == [TINY]
+
+
+def _direct_count(router: RunningRouter) -> float:
+    metrics = httpx.get(router.url + "/metrics").text
+    for line in metrics.splitlines():
+        if line.startswith('router_request_paths_total{via="direct"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_warm_requests_go_straight_to_the_server_and_keep_it_in_use(
+    root: Path, router: RunningRouter
+) -> None:
+    client = router.client()
+    chat(client)  # warm, and the router knows where its server listens
+    catalog = load_catalog(root, "local")
+    [entry] = [e for e in catalog.entries if e.endpoint.model == TINY]
+    spec = node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
+    paths = ServerPaths.for_model(spec.state_dir, spec.name)
+    time.sleep(1.5)
+    before = _direct_count(router)
+    answers = [chat(client, f"direct {i}") for i in range(3)]
+    assert all(a.usage.completion_tokens >= 1 for a in answers)
+    assert _direct_count(router) == before + 3
+    assert idle_for(paths) < 1.5  # stamped: the watchdog sees the use
 
 
 def test_backend_error_keeps_its_status(router: RunningRouter) -> None:
