@@ -7,14 +7,24 @@
         assert fake.introspections == 1
 
 It answers what globus_sdk calls: token introspection (`POST /v2/oauth2/token/introspect`),
-the dependent-token and refresh-token grants (`POST /v2/oauth2/token`) and
-`GET /v2/groups/my_groups`. Confidential calls must carry HTTP Basic with the client's id
-and secret, as Globus Auth demands.
+the dependent-token, refresh-token and native-app authorization-code grants
+(`POST /v2/oauth2/token`), revocation (`POST /v2/oauth2/token/revoke`), userinfo
+(`GET /v2/oauth2/userinfo`) and `GET /v2/groups/my_groups`. Confidential calls must carry
+HTTP Basic with the client's id and secret, as Globus Auth demands; native-app calls carry
+their client id in the form and prove the login with PKCE instead.
+
+A native-app login, with the browser step played by the test:
+
+    url = <the authorize URL the app printed>
+    code = fake.approve(url, "jdoe@anl.gov")   # what Globus Auth shows after the login
+    <give the code to the app, which exchanges it for tokens>
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import secrets
 import threading
@@ -26,6 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
+
+AUTH_RESOURCE_SERVER = "auth.globus.org"
+OIDC_SCOPES = {"openid", "profile", "email"}  # scopes of Globus Auth itself
 
 GROUPS_RESOURCE_SERVER = "groups.api.globus.org"
 GROUPS_SCOPE = "urn:globus:auth:scope:groups.api.globus.org:view_my_groups_and_memberships"
@@ -47,6 +60,19 @@ class FakeIdentity:
     groups_consent: bool = True  # False: the dependent grant returns no Groups token
     scope: str = "openid profile email"
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the introspection
+    resource_server: str = AUTH_RESOURCE_SERVER  # whose token it is (refresh answers say it)
+
+
+@dataclass(frozen=True)
+class _PendingCode:
+    """An authorization code Globus Auth showed after a login, not yet exchanged."""
+
+    client_id: str
+    challenge: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    username: str
+    identity_id: str
 
 
 class FakeGlobusAuth:
@@ -60,6 +86,10 @@ class FakeGlobusAuth:
         self._tokens: dict[str, FakeIdentity] = {}
         self._refresh: dict[str, FakeIdentity] = {}
         self._groups_tokens: dict[str, FakeIdentity] = {}
+        self._codes: dict[str, _PendingCode] = {}
+        self._identity_ids: dict[str, str] = {}  # username -> its stable identity id
+        self.revoked: list[str] = []  # tokens revoked, in order
+        self.access_lifetime_s = 172800.0  # of tokens issued by a code exchange (48 h)
         self._failures: list[tuple[int, str | None]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -154,6 +184,43 @@ class FakeGlobusAuth:
             self._refresh[refresh] = self._tokens[access]
         return refresh
 
+    def approve(self, authorize_url: str, username: str, *, identity_id: str | None = None) -> str:
+        """Play the browser: `username` logs in at the app's authorize URL; return the code.
+
+        The code is bound to the URL's client, PKCE challenge, redirect URI and scopes, as
+        Globus Auth binds it; the same username keeps one identity id across logins.
+        """
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(authorize_url).query).items()}
+        if query.get("code_challenge_method") != "S256" or "code_challenge" not in query:
+            raise ValueError(f"not a native-app (PKCE) authorize URL: {authorize_url}")
+        code = "CODE-" + secrets.token_urlsafe(16)
+        with self._lock:
+            if identity_id is not None:
+                self._identity_ids[username] = identity_id
+            who_id = self._identity_ids.setdefault(username, str(uuid.uuid4()))
+            self._codes[code] = _PendingCode(
+                client_id=query["client_id"],
+                challenge=query["code_challenge"],
+                redirect_uri=query["redirect_uri"],
+                scopes=tuple(query.get("scope", "").split()),
+                username=username,
+                identity_id=who_id,
+            )
+        return code
+
+    def expire_refresh_token(self, token: str) -> None:
+        """Make a refresh token unusable, as Globus Auth does after a long disuse or a policy."""
+        with self._lock:
+            self._refresh.pop(token, None)
+
+    def is_active(self, token: str) -> bool:
+        """Whether an access token is active or a refresh token still refreshes."""
+        with self._lock:
+            if token in self._refresh:
+                return True
+            who = self._tokens.get(token)
+            return who is not None and who.active
+
     def identity(self, token: str) -> FakeIdentity:
         """The record behind a token, to change (e.g. `.active = False`) mid-test."""
         with self._lock:
@@ -187,6 +254,10 @@ class FakeGlobusAuth:
             return self._client_only(headers) or self._introspect(form)
         if method == "POST" and path == "/v2/oauth2/token":
             return self._grant(headers, form)
+        if method == "POST" and path == "/v2/oauth2/token/revoke":
+            return self._revoke(form)
+        if method == "GET" and path == "/v2/oauth2/userinfo":
+            return self._userinfo(headers)
         if method == "GET" and path == "/v2/groups/my_groups":
             return self._my_groups(headers)
         return 404, {"code": "NotFound", "message": f"the fake has no {method} {path}"}
@@ -254,17 +325,97 @@ class FakeGlobusAuth:
                 who = self._refresh.get(form.get("refresh_token", ""))
             if who is None:
                 return 400, {"error": "invalid_grant"}
-            access = self.add_token(who.username, identity_id=who.identity_id, groups=who.groups)
+            access = self._issue(who, expires_in=3600)
             return 200, {
                 "access_token": access,
                 "refresh_token": form["refresh_token"],
                 "expires_in": 3600,
-                "resource_server": "auth.globus.org",
+                "resource_server": who.resource_server,
                 "scope": who.scope,
                 "token_type": "Bearer",
                 "other_tokens": [],
             }
+        if grant == "authorization_code":
+            return self._exchange_code(form)
         return 400, {"error": "unsupported_grant_type"}
+
+    def _issue(self, who: FakeIdentity, expires_in: float) -> str:
+        """A fresh active access token standing for the same identity, scope and server."""
+        token = "AT-" + secrets.token_urlsafe(24)
+        issued = dataclasses.replace(who, exp=time.time() + expires_in, active=True)
+        with self._lock:
+            self._tokens[token] = issued
+        return token
+
+    def _exchange_code(self, form: dict[str, str]) -> tuple[int, Any]:
+        """The native-app code exchange: no client secret, the PKCE verifier proves the login."""
+        with self._lock:
+            pending = self._codes.pop(form.get("code", ""), None)
+        if pending is None:
+            return 400, {"error": "invalid_grant", "error_description": "unknown or used code"}
+        verifier = form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        if (
+            challenge.decode().rstrip("=") != pending.challenge
+            or form.get("client_id") != pending.client_id
+            or form.get("redirect_uri") != pending.redirect_uri
+        ):
+            return 400, {"error": "invalid_grant", "error_description": "PKCE check failed"}
+        by_server: dict[str, list[str]] = {}
+        for scope in pending.scopes:
+            by_server.setdefault(_resource_server_of(scope), []).append(scope)
+        answers = [self._token_answer(pending, server, s) for server, s in by_server.items()]
+        first = next(
+            (a for a in answers if a["resource_server"] == AUTH_RESOURCE_SERVER), answers[0]
+        )
+        return 200, {**first, "other_tokens": [a for a in answers if a is not first]}
+
+    def _token_answer(
+        self, pending: _PendingCode, server: str, scopes: list[str]
+    ) -> dict[str, Any]:
+        """One resource server's access and refresh tokens, as a token response lists them."""
+        who = FakeIdentity(
+            username=pending.username,
+            identity_id=pending.identity_id,
+            exp=0.0,
+            scope=" ".join(scopes),
+            resource_server=server,
+        )
+        access = self._issue(who, expires_in=self.access_lifetime_s)
+        refresh = "RT-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh[refresh] = who
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": int(self.access_lifetime_s),
+            "resource_server": server,
+            "scope": who.scope,
+            "token_type": "Bearer",
+        }
+
+    def _revoke(self, form: dict[str, str]) -> tuple[int, Any]:
+        """Revocation: the access token turns inactive, the refresh token stops refreshing."""
+        token = form.get("token", "")
+        with self._lock:
+            self.revoked.append(token)
+            self._refresh.pop(token, None)
+            if token in self._tokens:
+                self._tokens[token].active = False
+        return 200, {"active": False}
+
+    def _userinfo(self, headers: dict[str, str]) -> tuple[int, Any]:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        with self._lock:
+            who = self._tokens.get(token) if scheme == "Bearer" else None
+        if who is None or not who.active or "openid" not in who.scope.split():
+            return 401, {"code": "UNAUTHORIZED", "detail": "needs an active openid token"}
+        return 200, {
+            "sub": who.identity_id,
+            "preferred_username": who.username,
+            "name": who.username.split("@")[0],
+            "email": who.username,
+        }
 
     def _my_groups(self, headers: dict[str, str]) -> tuple[int, Any]:
         scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -287,6 +438,17 @@ class FakeGlobusAuth:
             }
             for gid in who.groups
         ]
+
+
+def _resource_server_of(scope: str) -> str:
+    """Which resource server a scope string belongs to, as Globus Auth resolves it."""
+    if scope in OIDC_SCOPES:
+        return AUTH_RESOURCE_SERVER
+    if scope.startswith("https://auth.globus.org/scopes/"):
+        return scope.split("/")[4]
+    if scope.startswith("urn:globus:auth:scope:"):
+        return scope.split(":")[4]
+    return scope
 
 
 class _Handler(BaseHTTPRequestHandler):
