@@ -46,7 +46,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy $(wildcard deploy router functions/node_runtime tests)
+	$(BIN)/mypy $(wildcard deploy router functions/node_runtime tests inference_auth_token.py)
 
 test-fast: lint typecheck
 	$(BIN)/pytest -m 'not slow'
