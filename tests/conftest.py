@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e_router import RunningRouter, scratch_root, start_router, stop_router, stop_servers
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
 
@@ -47,3 +49,19 @@ def local_slurm() -> Iterator[Path]:
         if marker.exists():
             subprocess.run([LOCAL_SLURM, "stop"], env=env, check=False)
             marker.unlink()
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The scratch root of the session's shared router (see tests/e2e_router.py)."""
+    root = scratch_root(tmp_path_factory.mktemp("router-e2e"))
+    yield root
+    stop_servers(root)
+
+
+@pytest.fixture(scope="session")
+def e2e_router(e2e_root: Path) -> Iterator[RunningRouter]:
+    """One router with real vLLM and Infinity behind it, shared by the slow tiers' modules."""
+    running = start_router(e2e_root, "patient", wait_s=300)
+    yield running
+    stop_router(running)

@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import node_runtime
 import openai
 import pytest
 
-from deploy.catalog import load_catalog
-from deploy.specs import server_spec
 from router.auth import create_api_key
-
-from .test_openai_e2e import MINILM, TINY, RunningRouter, scratch_root, start_router, stop_router
+from tests.e2e_router import (
+    MINILM,
+    TINY,
+    RunningRouter,
+    scratch_root,
+    start_router,
+    stop_router,
+    stop_servers,
+)
 
 pytestmark = pytest.mark.slow
 GUIDE = "/resource_server/local/vllm/v1/batches"
@@ -34,11 +38,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = scratch_root(tmp_path_factory.mktemp("batches-e2e"))
     (root / ".state" / "batches").mkdir(parents=True)
     yield root
-    catalog = load_catalog(root, "local")
-    for entry in catalog.entries:
-        node_runtime.stop_server(
-            node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
-        )
+    stop_servers(root)
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,14 @@
 """The real openai SDK against a running router: engine executor, real vLLM and Infinity.
 
-The router runs as `python -m router` over a scratch root (the repository's catalog, its
-backends and models linked in), so its runtime state, servers and logs are the test's own.
+The router is the session's shared one (tests/conftest.py, ``e2e_router``): a scratch root,
+`python -m router`, its own runtime state, servers and logs.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,109 +16,23 @@ import httpx
 import node_runtime
 import openai
 import pytest
-import yaml
 from node_runtime.state import ServerPaths, idle_for
 
 from deploy.catalog import load_catalog
 from deploy.specs import server_spec
-from router.auth import create_api_key
+from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = "local/tiny-llama"
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class RunningRouter:
-    url: str
-    key: str
-    root: Path
-    process: subprocess.Popen[bytes]
-
-    def client(self, base: str = "/resource_server/local/vllm/v1") -> Any:
-        return openai.OpenAI(api_key=self.key, base_url=self.url + base, max_retries=0)
+@pytest.fixture
+def root(e2e_root: Path) -> Path:
+    return e2e_root
 
 
-def scratch_root(tmp: Path) -> Path:
-    root = tmp / "root"
-    for folder in ("endpoints", "config", "templates"):
-        shutil.copytree(ROOT / folder, root / folder)
-    (root / ".state").mkdir()
-    os.symlink(ROOT / ".venvs", root / ".venvs")
-    os.symlink(ROOT / ".state" / "models", root / ".state" / "models")
-    return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
-    port = free_port()
-    keys = root / ".state" / "keys.json"
-    key = create_api_key(keys, "alice@anl.gov")
-    config = root / "config" / "router" / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "clusters": ["local"],
-                "executor": "engine",
-                "listen": {"host": "127.0.0.1", "port": port},
-                "wait_s": wait_s,
-                "state_dir": str(root / ".state" / name),
-                "auth": {"mode": "keys", "keys_file": str(keys)},
-                # no refresh through the endpoint within a test: the counts below are exact
-                "direct_path": {"refresh_s": 3600},
-            }
-        )
-    )
-    log = (root / ".state" / f"{name}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router", "--config", str(config), "--root", str(root)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (root / ".state" / f"{name}.log").read_text()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return RunningRouter(url, key, root, process)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"router {name} did not come up")
-
-
-def stop_router(router: RunningRouter) -> None:
-    router.process.send_signal(signal.SIGTERM)
-    try:
-        router.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(router.process.pid, signal.SIGKILL)
-        raise
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = scratch_root(tmp_path_factory.mktemp("router-e2e"))
-    yield root
-    catalog = load_catalog(root, "local")
-    for entry in catalog.entries:
-        node_runtime.stop_server(
-            node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
-        )
-
-
-@pytest.fixture(scope="module")
-def router(root: Path) -> Iterator[RunningRouter]:
-    running = start_router(root, "patient", wait_s=300)
-    yield running
-    stop_router(running)
+@pytest.fixture
+def router(e2e_router: RunningRouter) -> RunningRouter:
+    return e2e_router
 
 
 def chat(client: Any, content: str = "hello", **extra: Any) -> Any:

@@ -1,7 +1,7 @@
 """The guide's chat curl example against a local router over real vLLM, token from the helper.
 
-The router is the e2e tier's (`tests/router/test_openai_e2e.py`: engine executor, real vLLM,
-a scratch root), laid out as `make deploy` leaves it: its API key in
+The router is the slow tiers' shared one (tests/conftest.py `e2e_router`: engine executor,
+real vLLM, a scratch root), laid out as `make deploy` leaves it: its API key in
 .state/router/local-api-key and this helper at the root.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.router.test_openai_e2e import TINY, RunningRouter, root, router  # noqa: F401
+from tests.e2e_router import TINY, RunningRouter
 from tests.token_helper.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,8 @@ def json_values(text: str) -> list[Any]:
     return values
 
 
-def test_the_guides_chat_curl_example(root: Path, router: RunningRouter) -> None:  # noqa: F811
+def test_the_guides_chat_curl_example(e2e_root: Path, e2e_router: RunningRouter) -> None:
+    root, router = e2e_root, e2e_router
     key_file = root / ".state" / "router" / "local-api-key"  # where `make deploy` writes it
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text(router.key + "\n")

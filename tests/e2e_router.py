@@ -1,0 +1,115 @@
+"""A router over real backends, for the slow tiers: a scratch root and `python -m router`.
+
+The router runs over a scratch root (the repository's catalog, its backends and models
+linked in), so its runtime state, servers and logs are the test's own. The session's shared
+one is the ``e2e_root`` / ``e2e_router`` fixtures of tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import node_runtime
+import openai
+import yaml
+
+from deploy.catalog import load_catalog
+from deploy.specs import server_spec
+from router.auth import create_api_key
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "local/tiny-llama"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class RunningRouter:
+    url: str
+    key: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self, base: str = "/resource_server/local/vllm/v1") -> Any:
+        return openai.OpenAI(api_key=self.key, base_url=self.url + base, max_retries=0)
+
+
+def scratch_root(tmp: Path) -> Path:
+    root = tmp / "root"
+    for folder in ("endpoints", "config", "templates"):
+        shutil.copytree(ROOT / folder, root / folder)
+    (root / ".state").mkdir()
+    os.symlink(ROOT / ".venvs", root / ".venvs")
+    os.symlink(ROOT / ".state" / "models", root / ".state" / "models")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
+    port = free_port()
+    keys = root / ".state" / "keys.json"
+    key = create_api_key(keys, "alice@anl.gov")
+    config = root / "config" / "router" / f"{name}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": ["local"],
+                "executor": "engine",
+                "listen": {"host": "127.0.0.1", "port": port},
+                "wait_s": wait_s,
+                "state_dir": str(root / ".state" / name),
+                "auth": {"mode": "keys", "keys_file": str(keys)},
+                # no refresh through the endpoint within a test: the counts below are exact
+                "direct_path": {"refresh_s": 3600},
+            }
+        )
+    )
+    log = (root / ".state" / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router", "--config", str(config), "--root", str(root)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (root / ".state" / f"{name}.log").read_text()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return RunningRouter(url, key, root, process)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"router {name} did not come up")
+
+
+def stop_router(router: RunningRouter) -> None:
+    router.process.send_signal(signal.SIGTERM)
+    try:
+        router.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(router.process.pid, signal.SIGKILL)
+        raise
+
+
+def stop_servers(root: Path) -> None:
+    """Stop every model server that routers over this root started."""
+    catalog = load_catalog(root, "local")
+    for entry in catalog.entries:
+        node_runtime.stop_server(
+            node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
+        )
