@@ -169,6 +169,9 @@ def create_app(service: RouterService) -> Starlette:
 
 async def _authenticate(service: RouterService, request: Request) -> Caller:
     header = request.headers.get("authorization")
+    known = service.authenticator.authenticate_at_once(header)
+    if known is not None:
+        return known
     caller: Caller = await run_in_threadpool(service.authenticator.authenticate, header)
     return caller
 

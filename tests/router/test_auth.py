@@ -226,6 +226,23 @@ def test_cache_holds_for_the_ttl_then_introspects_again(
     assert fake.introspections == 2
 
 
+def test_only_a_cached_outcome_is_given_at_once(
+    fake: FakeGlobusAuth, auth: GlobusAuthenticator, clock: Clock
+) -> None:
+    token = fake.add_token("jdoe@anl.gov", groups=[AURORAGPT_ID])
+    assert auth.authenticate_at_once(f"Bearer {token}") is None  # needs Globus: a thread
+    assert fake.introspections == 0
+    first = auth.authenticate(f"Bearer {token}")
+    assert auth.authenticate_at_once(f"Bearer {token}") == first
+    rejected(auth, "Bearer unknown-token")
+    with pytest.raises(APIError) as caught:
+        auth.authenticate_at_once("Bearer unknown-token")
+    assert caught.value.status == 401
+    clock.now += 301
+    assert auth.authenticate_at_once(f"Bearer {token}") is None  # the TTL is over
+    assert fake.introspections == 2
+
+
 def test_cache_never_outlives_the_token(
     fake: FakeGlobusAuth, auth: GlobusAuthenticator, clock: Clock
 ) -> None:
