@@ -151,6 +151,9 @@ def create_app(service: RouterService) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Batches a previous router left running go on.
         await run_in_threadpool(service.batches.runner.resume_unfinished)
+        settings = service.settings
+        if settings.executor == "engine" and settings.batches.prestart_engines:
+            service.batches.runner.prestart()
         yield
         if service.dispatcher.direct is not None:
             await service.dispatcher.direct.close()

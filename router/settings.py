@@ -56,6 +56,10 @@ class BatchSettings(_Settings):
     )
     concurrency: int = Field(default=64, ge=1, le=1024, description="requests in flight a job")
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
+    prestart_engines: bool = Field(
+        default=True,
+        description="engine executor: start each batch model's engine (no job) with the router",
+    )
 
 
 class DirectPathSettings(_Settings):

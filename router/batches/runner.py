@@ -68,6 +68,30 @@ class BatchRunner:
         """Submit the batch's job in the background (an engine may take a while to start)."""
         threading.Thread(target=self._submit, args=(batch.id,), daemon=True).start()
 
+    def prestart(self) -> threading.Thread:
+        """Start each batch-capable model's engine now, in the background, with no job yet.
+
+        An engine's start (its interchange) takes seconds; done here, a batch's cold start
+        waits only for its job and its model server. The job itself is still asked for when
+        a batch arrives.
+        """
+        routes = [
+            route
+            for route in self.table.routes()
+            if route.entry.endpoint.batch and route.entry.endpoint.enabled
+        ]
+
+        def start_all() -> None:
+            for route in routes:
+                try:
+                    self.executor_for(route)
+                except Exception:
+                    log.exception("the batch engine of %s could not be started", route.model)
+
+        thread = threading.Thread(target=start_all, daemon=True, name="batch-engines")
+        thread.start()
+        return thread
+
     def resume_unfinished(self) -> list[str]:
         """Submit again every batch a previous router left running; their ids."""
         ids = [b.id for b in self.store.batches(None, unfinished=True)]

@@ -21,6 +21,7 @@ class ExecutorPool:
         self._executors: dict[str, Executor] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._closed = False
 
     def get(self, route: Route) -> Executor:
         """The endpoint's executor, created on first use (blocking: call from a thread)."""
@@ -31,16 +32,28 @@ class ExecutorPool:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
             if name not in self._executors:
-                self._executors[name] = self._factory(route)
+                if self._closed:
+                    raise RuntimeError("the router is stopping")
+                created = self._factory(route)
+                with self._guard:
+                    closed = self._closed
+                    if not closed:
+                        self._executors[name] = created
+                if closed:  # shut down while it started: it would outlive the router
+                    created.shutdown()
+                    raise RuntimeError("the router is stopping")
             return self._executors[name]
 
     def peek(self, route: Route) -> Executor | None:
         return self._executors.get(route.endpoint_name)
 
     def shutdown(self) -> None:
-        for executor in list(self._executors.values()):
+        with self._guard:
+            self._closed = True
+            executors = list(self._executors.values())
+            self._executors.clear()
+        for executor in executors:
             executor.shutdown()
-        self._executors.clear()
 
 
 def engine_factory(
