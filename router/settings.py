@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deploy.problems import CatalogError, display_path, problems_from_validation
 from deploy.profiles import valid_fields
+from deploy.render import IDLE_MARGIN_S
 from deploy.yamlfile import load_mapping
 
 
@@ -66,9 +67,12 @@ class DirectPathSettings(_Settings):
     """Engine executor: warm requests straight to a model server on the router's host."""
 
     enabled: bool = True
+    # Under the margin that rendered endpoints keep their job past the model's idle timeout,
+    # so that the job never ends before the server's own idle teardown.
     refresh_s: float = Field(
         default=30,
         gt=0,
+        lt=IDLE_MARGIN_S,
         description="one request this often still goes through the endpoint, so that its "
         "engine keeps the job while the model is used",
     )

@@ -73,8 +73,6 @@ def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
                 "wait_s": wait_s,
                 "state_dir": str(root / ".state" / name),
                 "auth": {"mode": "keys", "keys_file": str(keys)},
-                # no refresh through the endpoint within a test: the counts below are exact
-                "direct_path": {"refresh_s": 3600},
             }
         )
     )
