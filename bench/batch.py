@@ -12,9 +12,9 @@
    req/s (target >= 0.95); submit-to-completed req/s is reported next to it.
 
 One unmeasured run_batch comes first (the first vLLM start of a run reads vLLM and torch
-from disk); then rounds alternate which side goes first. Every process started is stopped at the end (the
-router, which stops its engine; the vLLM server its runtime started; run_batch), also on
-Ctrl-C or SIGTERM.
+from disk); then rounds alternate which side goes first. Every process started is stopped
+at the end (the router, which stops its engine; the vLLM server its runtime started;
+run_batch), also on Ctrl-C or SIGTERM.
 
     make bench-batch                     # or, after `make bench-peers backends local-models`:
     .venv/bin/python bench/batch.py [--lines 1000] [--rounds 2] [--warm 2]
