@@ -118,7 +118,6 @@ class DirectPath:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                json_serialize=json.dumps,
             )
         return self._session
 

@@ -125,7 +125,7 @@ class Dispatcher:
         self, direct: DirectPath, route: Route, request: dict[str, Any], began: float
     ) -> Answer | None:
         key = route.endpoint_name
-        self.tracker.begin(key)
+        self.tracker.begin_direct(key)
         sent = None
         try:
             sent = await direct.send(route, request)

@@ -67,6 +67,16 @@ class StateTracker:
             )
             return starts
 
+    def begin_direct(self, key: str) -> None:
+        """A request went straight to a running server (router.direct): in flight, no start.
+
+        ``finish`` ends it like any other; if the server turned out gone, the request goes
+        on through the endpoint and ``begin`` counts the start there, once.
+        """
+        with self._lock:
+            current = self._derived(key)
+            self._status[key] = replace(current, in_flight=current.in_flight + 1)
+
     def waiting(self, key: str, node_held: bool) -> ModelStatus:
         """A request is still waiting; the executor says whether a node is held yet."""
         with self._lock:

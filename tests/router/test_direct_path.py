@@ -23,6 +23,8 @@ import pytest
 from node_runtime import procs
 from node_runtime.state import ServerPaths, ServerState, clear_state, idle_for, write_state
 
+from router.states import StateTracker
+
 from .conftest import Harness, envelope
 
 pytestmark = pytest.mark.anyio
@@ -184,3 +186,18 @@ async def test_a_server_on_another_host_is_never_reached_directly(
         await _chat(h)
         await _chat(h)
     assert len(h.endpoint.submitted) == 2
+
+
+def test_a_direct_attempt_counts_no_start_and_a_fallback_counts_one() -> None:
+    now = [1000.0]
+    tracker = StateTracker(clock=lambda: now[0])
+    tracker.register("m", idle_timeout_s=60)
+    tracker.begin("m")
+    tracker.finish("m", answered=True)
+    now[0] += 120  # past the idle timeout: the router believes the server stopped
+    tracker.begin_direct("m")
+    assert tracker.status("m").in_flight == 1
+    tracker.finish("m", answered=False)  # the lease was refused: through the endpoint now
+    assert tracker.status("m").cold_starts == 1
+    assert tracker.begin("m") is True  # the start is counted here, once
+    assert tracker.status("m").cold_starts == 2
