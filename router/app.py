@@ -106,7 +106,10 @@ def create_app(service: RouterService) -> Starlette:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        body = {"status": "ok"}
+        if (engines := service.batches.runner.engines_state()) is not None:
+            body["batch_engines"] = engines  # started ahead, with the router (no job yet)
+        return JSONResponse(body)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)

@@ -63,6 +63,7 @@ class BatchRunner:
         self._lock = threading.Lock()
         self._running: dict[str, Future[Any]] = {}
         self._stopping = False
+        self._prestart: threading.Thread | None = None
 
     def start(self, batch: BatchRecord) -> None:
         """Submit the batch's job in the background (an engine may take a while to start)."""
@@ -90,7 +91,14 @@ class BatchRunner:
 
         thread = threading.Thread(target=start_all, daemon=True, name="batch-engines")
         thread.start()
+        self._prestart = thread
         return thread
+
+    def engines_state(self) -> str | None:
+        """'starting' or 'ready' once ``prestart`` ran; None if it did not (for /health)."""
+        if self._prestart is None:
+            return None
+        return "starting" if self._prestart.is_alive() else "ready"
 
     def resume_unfinished(self) -> list[str]:
         """Submit again every batch a previous router left running; their ids."""

@@ -45,7 +45,9 @@ def test_batch_engines_start_ahead_for_batch_models_only(tmp_path: Path) -> None
         return Recorded()
 
     runner = BatchRunner(BatchStore(tmp_path / "b.db"), table, executor_for, "v", 8)
+    assert runner.engines_state() is None
     runner.prestart().join(timeout=10)
+    assert runner.engines_state() == "ready"
     expected = [
         r.model for r in table.routes() if r.entry.endpoint.batch and r.entry.endpoint.enabled
     ]
