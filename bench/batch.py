@@ -164,14 +164,18 @@ class Bench:
 
     # run_batch ---------------------------------------------------------------------------
 
-    def run_batch(self, tag: str) -> dict[str, Any]:
+    def run_batch_command(self, output: Path) -> tuple[list[str], dict[str, str]]:
+        """vLLM's run_batch on the input file, with the catalog's model flags and env."""
         spec, root = self.spec, self.root
         env = {k: str(root / v) if v.startswith("./") else v for k, v in spec["env"].items()}
-        output = self.work / f"run_batch-{tag}.jsonl"
         argv = [str(root / spec["python"]), "-m", "vllm.entrypoints.openai.run_batch"]
         argv += ["-i", str(self.input), "-o", str(output)]
         argv += ["--model", str(root / spec["weights"]), "--served-model-name", MODEL]
-        argv += spec["args"]
+        return argv + spec["args"], env
+
+    def run_batch(self, tag: str) -> dict[str, Any]:
+        output = self.work / f"run_batch-{tag}.jsonl"
+        argv, env = self.run_batch_command(output)
         name = f"run_batch-{tag}"
         began = time.monotonic()
         self.procs.start(name, argv, env=env)
@@ -202,13 +206,8 @@ class Bench:
             )
         [folder] = [p for p in endpoints.iterdir() if p.name.endswith("tiny-chat-batch")]
         engine = EngineExecutor(folder, self.work / f"engine-{tag}")
-        spec, root = self.spec, self.root
-        env = {k: str(root / v) if v.startswith("./") else v for k, v in spec["env"].items()}
         output = self.work / f"run_batch-job-{tag}.jsonl"
-        argv = [str(root / spec["python"]), "-m", "vllm.entrypoints.openai.run_batch"]
-        argv += ["-i", str(self.input), "-o", str(output)]
-        argv += ["--model", str(root / spec["weights"]), "--served-model-name", MODEL]
-        argv += spec["args"]
+        argv, env = self.run_batch_command(output)
         try:
             began = time.monotonic()
             inside = engine.submit(run_batch_in_job, argv, env, str(self.work)).result(

@@ -30,6 +30,7 @@ import aiohttp
 from node_runtime import lease_running
 from node_runtime.backend import decode_answer
 
+from router.errors import APIError
 from router.routes import Route
 
 
@@ -104,14 +105,8 @@ class DirectPath:
                 self._servers.pop(key, None)  # stopped since the lease: not sent at all
                 return None
             except (TimeoutError, aiohttp.ClientError) as err:
-                return 502, {
-                    "error": {
-                        "message": f"model {route.model!r}: no answer from its server ({err!r})",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
+                message = f"model {route.model!r}: no answer from its server ({err!r})"
+                return 502, APIError(502, message, type="server_error").body()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

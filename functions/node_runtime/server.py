@@ -44,7 +44,7 @@ class ServerHandle:
     server_id: str
     started: bool  # True if this call started it, False if it reused a running one
     start_wait_s: float  # time spent waiting for the lock and the start
-    folder: str = ""  # the server's files (lock, state, in-flight marker) on this node
+    folder: str  # the server's files (lock, state, in-flight marker) on this node
 
 
 def _lock_wait_s(spec: ServerSpec) -> float:

@@ -99,7 +99,7 @@ def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModel]:
 
     @contextlib.contextmanager
     def use_server(spec: Any) -> Iterator[Any]:
-        yield node_runtime.ServerHandle(server.server_address[1], "fake", False, 0.0)
+        yield node_runtime.ServerHandle(server.server_address[1], "fake", False, 0.0, "")
 
     monkeypatch.setattr(node_runtime.batch, "use_server", use_server)
     yield server

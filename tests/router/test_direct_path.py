@@ -37,6 +37,9 @@ class _ModelServer(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("max_tokens") == 13:  # the server dies mid-request: no answer at all
+            self.close_connection = True
+            return
         if body.get("max_tokens", 1) > 100:
             self._send(400, {"error": {"message": "too long for the context", "code": 400}})
             return
@@ -135,8 +138,11 @@ async def test_warm_requests_skip_the_endpoint_and_stamp_the_last_use(
     assert idle_for(paths) < 5  # the watchdog sees the direct requests as use
     status, body = await _chat(direct, max_tokens=1000)  # a backend error keeps its status
     assert status == 400 and "context" in body["error"]["message"]
+    status, body = await _chat(direct, max_tokens=13)  # no answer: a 502, in OpenAI's shape
+    assert status == 502 and body["error"]["type"] == "server_error"
+    assert "no answer from its server" in body["error"]["message"]
     metrics = (await direct.client.get("/metrics")).text
-    assert 'router_request_paths_total{via="direct"} 4.0' in metrics
+    assert 'router_request_paths_total{via="direct"} 5.0' in metrics
 
 
 async def test_a_gone_or_busy_server_sends_the_request_through_the_endpoint(
