@@ -44,9 +44,10 @@ render: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy $(wildcard deploy router functions/node_runtime tests inference_auth_token.py)
+	$(BIN)/mypy $(wildcard inference_bundle functions/node_runtime tests inference_auth_token.py)
 
 test-fast: lint typecheck
 	$(BIN)/pytest -m 'not slow'

@@ -155,7 +155,7 @@ class Bench:
         self.auth = {"Authorization": f"Bearer {key}"}
         self.port = 0
         self.router_n = 0
-        from router.settings import BatchSettings
+        from inference_bundle.config.settings import BatchSettings
 
         self.concurrency = BatchSettings().concurrency
         import httpx
@@ -195,9 +195,9 @@ class Bench:
         """run_batch through the batch twin's own engine: a job first, then run_batch in it.
 
         The engine starts before the clock, as the router's batch engines do."""
-        from deploy.catalog import load_catalog
-        from deploy.render import render_catalog, write_rendered
-        from router.executors.engine import EngineExecutor
+        from inference_bundle.config.catalog import load_catalog
+        from inference_bundle.rendering.render import render_catalog, write_rendered
+        from inference_bundle.router.executors.engine import EngineExecutor
 
         endpoints = self.work / "endpoints"
         if not endpoints.exists():

@@ -155,7 +155,7 @@ def scratch_root(work: Path) -> Path:
 def create_key(root: Path) -> tuple[Path, str]:
     """An API key for the router's keys auth, made by the router's own code."""
     keys = root / ".state" / "keys.json"
-    script = "import sys; from router.auth import create_api_key; "
+    script = "import sys; from inference_bundle.router.auth import create_api_key; "
     script += "print(create_api_key(__import__('pathlib').Path(sys.argv[1]), 'bench@anl.gov'))"
     key = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "-c", script, str(keys)],
@@ -182,7 +182,15 @@ def start_router(procs: Processes, root: Path, port: int, keys: Path) -> None:
     procs.leader_only.add("router")
     procs.start(
         "router",
-        [str(python), "-m", "router", "--config", str(config), "--root", str(root)],
+        [
+            str(python),
+            "-m",
+            "inference_bundle.router",
+            "--config",
+            str(config),
+            "--root",
+            str(root),
+        ],
         env={"PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)},
     )
     procs.wait_until("router", lambda: http_ok(port, "/health"), 90)

@@ -41,8 +41,8 @@ import node_runtime  # noqa: E402
 from node_runtime.state import ServerPaths, read_state  # noqa: E402
 
 from bench import peers  # noqa: E402
-from deploy.catalog import load_catalog  # noqa: E402
-from deploy.specs import server_spec  # noqa: E402
+from inference_bundle.config.catalog import load_catalog  # noqa: E402
+from inference_bundle.rendering.specs import server_spec  # noqa: E402
 
 MODEL = "local/tiny-llama"
 ROUTER_PREFIX = "/resource_server/local/vllm"

@@ -23,9 +23,9 @@ import node_runtime
 import openai
 import yaml
 
-from deploy.catalog import load_catalog
-from deploy.specs import server_spec
-from router.auth import create_api_key
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.rendering.specs import server_spec
+from inference_bundle.router.auth import create_api_key
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "local/tiny-llama"
@@ -78,7 +78,15 @@ def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
     )
     log = (root / ".state" / f"{name}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "router", "--config", str(config), "--root", str(root)],
+        [
+            sys.executable,
+            "-m",
+            "inference_bundle.router",
+            "--config",
+            str(config),
+            "--root",
+            str(root),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

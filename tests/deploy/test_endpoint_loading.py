@@ -12,9 +12,9 @@ import pytest
 from parsl.launchers import SimpleLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
-from deploy.catalog import Catalog, load_catalog
-from deploy.render import RenderedEndpoint, render_catalog
-from deploy.verify import load_rendered
+from inference_bundle.config.catalog import Catalog, load_catalog
+from inference_bundle.rendering.render import RenderedEndpoint, render_catalog
+from inference_bundle.rendering.verify import load_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = {"pbspro": PBSProProvider, "slurm": SlurmProvider, "local": LocalProvider}

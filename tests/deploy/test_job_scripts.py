@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from deploy.catalog import Catalog, load_catalog
-from deploy.render import render_catalog
-from deploy.verify import load_rendered
+from inference_bundle.config.catalog import Catalog, load_catalog
+from inference_bundle.rendering.render import render_catalog
+from inference_bundle.rendering.verify import load_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 

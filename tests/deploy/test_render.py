@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.catalog import load_catalog
-from deploy.render import ENDPOINT_FILES, render_catalog, write_rendered
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.rendering.render import ENDPOINT_FILES, render_catalog, write_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "sophia"
@@ -60,7 +60,16 @@ def test_batch_twin_has_one_worker_and_a_short_idle_time() -> None:
 def test_make_render_is_byte_identical(tmp_path: Path) -> None:
     def render_to(out: Path) -> dict[str, bytes]:
         subprocess.run(
-            [sys.executable, "-m", "deploy", "render", "--cluster", "sophia", "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "inference_bundle",
+                "render",
+                "--cluster",
+                "sophia",
+                "--out",
+                str(out),
+            ],
             check=True,
             capture_output=True,
         )

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.registration import (
+from inference_bundle.config.naming import jobs_endpoint_name
+from inference_bundle.config.registry import load_registry, registry_path
+from inference_bundle.ops.registration import (
     ENTRY_POINTS,
     default_client,
     missing_credentials,
@@ -31,10 +33,9 @@ from deploy.registration import (
     register_functions,
     source_sha256,
 )
-from deploy.render import jobs_endpoint_name, render_jobs_endpoint
-from deploy.site import SiteDeployError, deploy_site, load_site, registry_text
-from deploy.verify import load_rendered
-from router.registry import load_registry, registry_path
+from inference_bundle.ops.site import SiteDeployError, deploy_site, load_site, registry_text
+from inference_bundle.rendering.render import render_jobs_endpoint
+from inference_bundle.rendering.verify import load_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = Path(sys.executable).with_name("bundle")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def bundle(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy", "--root", str(root), *args],
+        [sys.executable, "-m", "inference_bundle", "--root", str(root), *args],
         capture_output=True,
         text=True,
         timeout=900,

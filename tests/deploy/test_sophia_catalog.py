@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.catalog import load_catalog
+from inference_bundle.config.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

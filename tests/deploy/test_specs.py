@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from node_runtime.spec import ServerSpec
 
-from deploy.catalog import load_catalog
-from deploy.specs import server_spec
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.rendering.specs import server_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.catalog import load_all, load_catalog
-from deploy.problems import CatalogError
-from deploy.render import render_catalog
+from inference_bundle.config.catalog import load_all, load_catalog
+from inference_bundle.config.problems import CatalogError
+from inference_bundle.rendering.render import render_catalog
 
 Edit = Callable[[str, str, str], Path]
 LLAMA8 = "endpoints/sophia/meta-llama-3-1-8b-instruct.yaml"
@@ -212,7 +212,7 @@ def test_make_check_style_output(repo: Path, edit: Edit) -> None:
     edit(LLAMA8, "framework: vllm", "framework: tgi")
     edit(LLAMA8, "tensor_parallel: 4", "tensor_parallel: 16")
     run = subprocess.run(
-        [sys.executable, "-m", "deploy", "--root", str(repo), "check"],
+        [sys.executable, "-m", "inference_bundle", "--root", str(repo), "check"],
         capture_output=True,
         text=True,
         check=False,

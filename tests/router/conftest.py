@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from router.app import create_app
-from router.auth import create_api_key
-from router.executors.base import FunctionFailed
-from router.executors.pool import ExecutorPool
-from router.routes import Route
-from router.service import RouterService, build_service
-from router.settings import RouterSettings
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.app import create_app
+from inference_bundle.router.auth import create_api_key
+from inference_bundle.router.executors.base import FunctionFailed
+from inference_bundle.router.executors.pool import ExecutorPool
+from inference_bundle.router.routes import Route
+from inference_bundle.router.service import RouterService, build_service
 
 ROOT = Path(__file__).resolve().parents[2]
 Handler = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]

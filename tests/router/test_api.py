@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
-from router.auth import AuthConfigError
-from router.executors.base import FunctionFailed
-from router.service import build_service
+from inference_bundle.router.auth import AuthConfigError
+from inference_bundle.router.executors.base import FunctionFailed
+from inference_bundle.router.service import build_service
 from tests.router.conftest import ROOT, Harness, envelope, settings
 
 pytestmark = pytest.mark.anyio

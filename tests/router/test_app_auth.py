@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from router.app import create_app
-from router.executors.pool import ExecutorPool
-from router.service import build_service
-from router.settings import RouterSettings
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.app import create_app
+from inference_bundle.router.executors.pool import ExecutorPool
+from inference_bundle.router.service import build_service
 from tests.router.conftest import ROOT, ScriptedEndpoint
 from tests.router.fake_globus_auth import FakeGlobusAuth
 

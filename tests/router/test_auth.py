@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from router.auth import (
+from inference_bundle.config.settings import AuthSettings, ClusterPolicy, GlobusAuthSettings
+from inference_bundle.router.auth import (
     AuthConfigError,
     Caller,
     GlobusAuthenticator,
@@ -20,8 +21,7 @@ from router.auth import (
     create_api_key,
     may_use,
 )
-from router.errors import APIError
-from router.settings import AuthSettings, ClusterPolicy, GlobusAuthSettings
+from inference_bundle.router.errors import APIError
 from tests.router.fake_globus_auth import FakeGlobusAuth
 
 AURORAGPT_ID = "11111111-1111-1111-1111-111111111111"

@@ -21,9 +21,9 @@ import node_runtime.batch
 import openai
 import pytest
 
-from router.auth import create_api_key
-from router.batches.store import BatchStore
-from router.batches.validation import MAX_REQUESTS, check_lines, rejection
+from inference_bundle.router.auth import create_api_key
+from inference_bundle.router.batches.store import BatchStore
+from inference_bundle.router.batches.validation import MAX_REQUESTS, check_lines, rejection
 
 from .conftest import Harness
 

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from router.auth import create_api_key
+from inference_bundle.router.auth import create_api_key
 from tests.e2e_router import (
     MINILM,
     TINY,

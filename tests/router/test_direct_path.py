@@ -1,4 +1,4 @@
-"""The direct path: warm requests go straight to a model server on this host (router.direct).
+"""The direct path: warm requests go straight to a model server on this host.
 
 The endpoint is scripted and the 'model server' is a small HTTP server recorded in a real
 node-runtime state folder, so that the lease, the fallbacks and the refresh are exercised
@@ -23,7 +23,7 @@ import pytest
 from node_runtime import procs
 from node_runtime.state import ServerPaths, ServerState, clear_state, idle_for, write_state
 
-from router.states import StateTracker
+from inference_bundle.router.states import StateTracker
 
 from .conftest import Harness, envelope
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.catalog import load_catalog
-from deploy.render import render_catalog, write_rendered
-from router.executors.base import FunctionFailed
-from router.executors.engine import EngineExecutor
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.rendering.render import render_catalog, write_rendered
+from inference_bundle.router.executors.base import FunctionFailed
+from inference_bundle.router.executors.engine import EngineExecutor
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from deploy.catalog import load_catalog
-from router.batches.runner import BatchRunner
-from router.batches.store import BatchStore
-from router.executors.base import Executor
-from router.executors.pool import ExecutorPool
-from router.routes import Route, RouteTable
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.router.batches.runner import BatchRunner
+from inference_bundle.router.batches.store import BatchStore
+from inference_bundle.router.executors.base import Executor
+from inference_bundle.router.executors.pool import ExecutorPool
+from inference_bundle.router.routes import Route, RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,16 +21,16 @@ import yaml
 from globus_compute_sdk import Executor as SDKExecutor
 from globus_compute_sdk.errors import TaskExecutionFailed
 
-from deploy.catalog import load_catalog
-from deploy.problems import CatalogError
-from router.app import create_app
-from router.auth import create_api_key
-from router.errors import APIError
-from router.executors.base import FunctionFailed
-from router.executors.globus import GlobusExecutor, SharedSubmitter
-from router.registry import Registry
-from router.service import build_service
-from router.settings import RouterSettings
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.registry import Registry
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.app import create_app
+from inference_bundle.router.auth import create_api_key
+from inference_bundle.router.errors import APIError
+from inference_bundle.router.executors.base import FunctionFailed
+from inference_bundle.router.executors.globus import GlobusExecutor, SharedSubmitter
+from inference_bundle.router.service import build_service
 from tests.router.conftest import ROOT, chat_answer
 
 SERVE_ID = str(uuid.uuid4())

@@ -18,8 +18,8 @@ import openai
 import pytest
 from node_runtime.state import ServerPaths, idle_for
 
-from deploy.catalog import load_catalog
-from deploy.specs import server_spec
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.rendering.specs import server_spec
 from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
 pytestmark = pytest.mark.slow

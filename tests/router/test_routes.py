@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.catalog import load_all
-from router.errors import APIError
-from router.routes import RouteTable
+from inference_bundle.config.catalog import load_all
+from inference_bundle.router.errors import APIError
+from inference_bundle.router.routes import RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
 

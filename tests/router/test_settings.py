@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.problems import CatalogError
-from router.settings import load_settings
+from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,15 @@ def test_a_refresh_past_the_jobs_margin_names_the_file_and_field(tmp_path: Path)
 def test_the_router_command_prints_the_problem_and_no_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, direct_path={"refresh": 10})
     ran = subprocess.run(
-        [sys.executable, "-m", "router", "--config", str(path), "--root", str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "inference_bundle.router",
+            "--config",
+            str(path),
+            "--root",
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

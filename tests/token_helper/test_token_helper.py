@@ -17,7 +17,7 @@ import yaml
 from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 
 import inference_auth_token as helper
-from deploy.local import LocalDeployment
+from inference_bundle.ops.local import LocalDeployment
 from tests.router.fake_globus_auth import FakeGlobusAuth
 from tests.token_helper.conftest import ROOT, SOPHIA, Login
 

@@ -1,1 +1,0 @@
-"""Deploy tooling: turns the endpoint catalog into Globus Compute endpoints."""

@@ -1,0 +1,3 @@
+from inference_bundle.ops.cli import main
+
+main()

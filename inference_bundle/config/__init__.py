@@ -1,0 +1,1 @@
+"""Configuration: the catalog, cluster profiles, router settings, the registry and naming."""

@@ -1,0 +1,294 @@
+"""The endpoint catalog (endpoints/<cluster>/<slug>.yaml): one model endpoint a file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inference_bundle.config.problems import (
+    CatalogError,
+    Problem,
+    display_path,
+    problems_from_validation,
+)
+from inference_bundle.config.profiles import (
+    ClusterProfile,
+    Framework,
+    Walltime,
+    load_profile,
+    valid_fields,
+)
+from inference_bundle.config.yamlfile import load_mapping
+
+Kind = Literal["chat", "vision", "embedding", "base"]
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class ServerArgs(BaseModel):
+    """Backend server options the catalog may set; anything else goes in ``extra``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    extra: list[str] = Field(default_factory=list, description="further flags, passed as is")
+
+
+class Endpoint(BaseModel):
+    """One model endpoint as an operator writes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face name")
+    served_name: str | None = Field(default=None, description="defaults to model")
+    aliases: list[str] = Field(default_factory=list, description="older names still accepted")
+    framework: Framework
+    kind: Kind
+    weights: str = Field(min_length=1, description="folder under weights_root, or absolute")
+    gpus: int = Field(ge=0, description="GPUs used on each node")
+    nodes: int = Field(default=1, ge=1)
+    tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1)
+    server_args: ServerArgs = ServerArgs()
+    batch: bool = Field(default=False, description="the guide's B: batch-capable")
+    idle_timeout_s: int | None = Field(default=None, ge=1, description="default: the profile's")
+    walltime: Walltime | None = Field(default=None, description="default: the profile's")
+    groups: list[str] = Field(default_factory=list, description="allowed groups; empty: all")
+    enabled: bool = True
+    disabled_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name users ask for."""
+        return self.served_name or self.model
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An endpoint with where it came from."""
+
+    cluster: str
+    slug: str
+    file: str
+    endpoint: Endpoint
+
+    @property
+    def endpoint_name(self) -> str:
+        """The Globus Compute endpoint's name (its directory under ~/.globus_compute)."""
+        return f"{self.cluster}-{self.slug}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """One cluster's profile and endpoints, validated together."""
+
+    profile: ClusterProfile
+    entries: tuple[CatalogEntry, ...]
+
+    @property
+    def cluster(self) -> str:
+        return self.profile.name
+
+    def enabled(self) -> Iterator[CatalogEntry]:
+        return (e for e in self.entries if e.endpoint.enabled)
+
+
+def endpoint_problems(
+    entry: CatalogEntry, profile: ClusterProfile, broken: frozenset[str] = frozenset()
+) -> list[Problem]:
+    """The cross-field rules that pydantic's per-field checks cannot see.
+
+    ``broken`` names top-level fields that already failed validation: rules that read
+    them are skipped, so a file's other mistakes are still reported in the same pass.
+    """
+    ep, file, cluster = entry.endpoint, entry.file, profile.name
+    problems: list[Problem] = []
+
+    def add(field: str, message: str) -> None:
+        problems.append(Problem(file, field, message))
+
+    def usable(*fields: str) -> bool:
+        return broken.isdisjoint(fields)
+
+    if not SLUG.match(entry.slug):
+        add("(file name)", "use lower-case letters, digits and dashes, e.g. llama-3-1-8b.yaml")
+    if usable("gpus", "nodes", "tensor_parallel", "pipeline_parallel"):
+        problems += _gpu_problems(ep, file, profile)
+    if usable("batch", "nodes") and ep.batch and ep.nodes > 1:
+        add("batch", f"batches need a single-node model but nodes is {ep.nodes}; set batch: false")
+    if usable("framework", "kind") and ep.framework == "infinity" and ep.kind != "embedding":
+        add("framework", f"infinity serves embedding models only, but kind is {ep.kind}; use vllm")
+    if usable("framework") and ep.framework not in profile.runtimes:
+        add(
+            "framework",
+            f"{cluster} has no {ep.framework} runtime; add it to the profile's runtimes",
+        )
+    if usable("framework", "server_args") and ep.framework == "infinity":
+        for arg in ("tool_call_parser", "reasoning_parser", "gpu_memory_utilization"):
+            if getattr(ep.server_args, arg) is not None:
+                add(f"server_args.{arg}", "is a vLLM option; remove it for infinity")
+    if usable("nodes") and ep.nodes > 1 and profile.multi_node is None:
+        add("nodes", f"is {ep.nodes} but {cluster} has no multi_node settings; use 1 node")
+    if usable("enabled", "disabled_reason"):
+        if not ep.enabled and not ep.disabled_reason:
+            add("disabled_reason", "a disabled endpoint needs a reason users can read; add one")
+        if ep.enabled and ep.disabled_reason:
+            add("disabled_reason", "is set but enabled is true; remove it or set enabled: false")
+    return problems
+
+
+def _gpu_problems(ep: Endpoint, file: str, profile: ClusterProfile) -> list[Problem]:
+    """TP × PP must fit the GPUs the endpoint asks for, and those must exist on a node."""
+    cluster, world = profile.name, ep.tensor_parallel * ep.pipeline_parallel
+    if profile.gpus_per_node == 0:
+        problems = []
+        if ep.gpus:
+            problems.append(Problem(file, "gpus", f"is {ep.gpus} but {cluster} has no GPUs; set 0"))
+        if world > 1:
+            problems.append(
+                Problem(
+                    file, "tensor_parallel", f"TP × PP is {world} but {cluster} runs on CPUs; use 1"
+                )
+            )
+        return problems
+    if ep.gpus > profile.gpus_per_node:
+        return [
+            Problem(
+                file,
+                "gpus",
+                f"is {ep.gpus} but {cluster} nodes have {profile.gpus_per_node} GPUs; "
+                "lower gpus or add nodes",
+            )
+        ]
+    if world > ep.gpus * ep.nodes:
+        return [
+            Problem(
+                file,
+                "tensor_parallel",
+                f"TP {ep.tensor_parallel} × PP {ep.pipeline_parallel} = {world} GPUs but the "
+                f"endpoint has {ep.gpus} GPUs × {ep.nodes} node(s) on {cluster}; lower "
+                "tensor_parallel or pipeline_parallel, or raise gpus or nodes",
+            )
+        ]
+    return []
+
+
+def duplicate_name_problems(entries: list[CatalogEntry]) -> list[Problem]:
+    """Served names and aliases must be unique within a cluster."""
+    owners: dict[str, CatalogEntry] = {}
+    problems = []
+    for entry in entries:
+        fields = ["served_name" if entry.endpoint.served_name else "model"]
+        fields += [f"aliases[{i}]" for i in range(len(entry.endpoint.aliases))]
+        for field, name in zip(fields, entry.endpoint.names, strict=True):
+            first = owners.setdefault(name, entry)
+            if first is not entry:
+                problems.append(
+                    Problem(entry.file, field, f"{name!r} is already served by {first.file}")
+                )
+    return problems
+
+
+def load_endpoint(
+    path: Path, cluster: str, root: Path
+) -> tuple[CatalogEntry, frozenset[str], list[Problem]]:
+    """Load one endpoint file: the entry, the fields that failed, and their problems.
+
+    When fields fail validation the entry is built from the rest, unvalidated, so that
+    the cross-field rules can still run on the fields that are sound.
+    """
+    shown = display_path(path, root)
+    data = load_mapping(path, shown)
+    try:
+        endpoint = Endpoint.model_validate(data)
+    except ValidationError as err:
+        broken = frozenset(str(e["loc"][0]) for e in err.errors() if e["loc"])
+        problems = problems_from_validation(err, shown, valid_fields(Endpoint))
+        sound = {k: v for k, v in data.items() if k not in broken and k in Endpoint.model_fields}
+        if "server_args" in sound:
+            sound["server_args"] = ServerArgs.model_validate(sound["server_args"])
+        endpoint = Endpoint.model_construct(**sound)
+        entry = CatalogEntry(cluster=cluster, slug=path.stem, file=shown, endpoint=endpoint)
+        return entry, broken, problems
+    return (
+        CatalogEntry(cluster=cluster, slug=path.stem, file=shown, endpoint=endpoint),
+        frozenset(),
+        [],
+    )
+
+
+def load_catalog(root: Path, cluster: str) -> Catalog:
+    """Load one cluster's profile and endpoints; raise every problem found at once."""
+    profile_path = root / "config" / "clusters" / f"{cluster}.yaml"
+    if not profile_path.exists():
+        known = ", ".join(cluster_names(root)) or "none"
+        raise CatalogError(
+            [
+                Problem(
+                    display_path(profile_path, root), "(file)", f"no such cluster; known: {known}"
+                )
+            ]
+        )
+    problems: list[Problem] = []
+    profile: ClusterProfile | None = None
+    try:
+        profile = load_profile(profile_path, root)
+    except CatalogError as err:
+        problems += err.problems
+    entries: list[CatalogEntry] = []
+    for path in sorted((root / "endpoints" / cluster).glob("*.y*ml")):
+        try:
+            entry, broken, found = load_endpoint(path, cluster, root)
+        except CatalogError as err:
+            problems += err.problems
+            continue
+        problems += found
+        if profile is not None:
+            problems += endpoint_problems(entry, profile, broken)
+        if not broken & {"model", "served_name", "aliases"}:
+            entries.append(entry)
+    problems += duplicate_name_problems(entries)
+    if problems or profile is None:
+        raise CatalogError(problems)
+    return Catalog(profile=profile, entries=tuple(entries))
+
+
+def cluster_names(root: Path) -> list[str]:
+    """Every cluster with a profile under config/clusters."""
+    return sorted(p.stem for p in (root / "config" / "clusters").glob("*.yaml"))
+
+
+def load_all(root: Path) -> list[Catalog]:
+    """Every cluster's catalog; endpoint folders without a profile are problems too."""
+    problems: list[Problem] = []
+    catalogs = []
+    names = cluster_names(root)
+    for folder in sorted(p for p in (root / "endpoints").iterdir() if p.is_dir()):
+        if folder.name not in names:
+            shown = display_path(folder, root)
+            problems.append(
+                Problem(
+                    shown, "(folder)", f"no profile config/clusters/{folder.name}.yaml; add one"
+                )
+            )
+    for name in names:
+        try:
+            catalogs.append(load_catalog(root, name))
+        except CatalogError as err:
+            problems += err.problems
+    if problems:
+        raise CatalogError(problems)
+    return catalogs

@@ -1,0 +1,1 @@
+"""The operator's commands: deploy, stop, status, check, render."""

@@ -1,0 +1,1 @@
+"""Rendering: catalog entries into Globus Compute endpoint directories, and loading them back."""

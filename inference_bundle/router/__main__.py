@@ -1,0 +1,48 @@
+"""`python -m router --config config/router/local.yaml`: serve the router with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+
+from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.settings import load_settings
+from inference_bundle.router.app import create_app
+from inference_bundle.router.auth import AuthConfigError
+from inference_bundle.router.service import build_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@click.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=ROOT)
+def main(config: Path, root: Path) -> None:
+    """Serve the guide's API for the clusters named in CONFIG."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        settings = load_settings(config, root)
+        service = build_service(settings, root)
+    except CatalogError as err:
+        for problem in err.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    except AuthConfigError as err:
+        click.echo(f"{config}: {err}", err=True)
+        sys.exit(1)
+    uvicorn.run(
+        create_app(service),
+        host=settings.listen.host,
+        port=settings.listen.port,
+        log_level="warning",
+        http="httptools",
+        loop="uvloop",
+        timeout_graceful_shutdown=5,
+    )
+
+
+main()

@@ -1,0 +1,56 @@
+"""Who is calling (401) and whether they may use a cluster and endpoint (403).
+
+Two modes, chosen by `auth.mode` in the router settings: `globus` introspects Globus Auth
+bearer tokens; `keys` checks API keys stored hashed in a file that `make deploy` writes.
+Tokens and keys never reach a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from inference_bundle.config.settings import AuthSettings
+from inference_bundle.router.auth.credentials import AuthConfigError, Authenticator, Caller
+from inference_bundle.router.auth.globus import GlobusAuthenticator
+from inference_bundle.router.auth.keys import KeysAuthenticator, create_api_key
+from inference_bundle.router.auth.policy import check_access, may_use
+
+__all__ = [
+    "AuthConfigError",
+    "Authenticator",
+    "Caller",
+    "GlobusAuthenticator",
+    "KeysAuthenticator",
+    "build_authenticator",
+    "check_access",
+    "create_api_key",
+    "may_use",
+]
+
+
+def build_authenticator(settings: AuthSettings, root: Path) -> Authenticator:
+    """The authenticator for `settings.mode`; a relative keys_file is taken from `root`.
+
+    Raises AuthConfigError, naming the settings field, when the mode cannot work.
+    """
+    if settings.mode == "keys":
+        if not settings.keys_file:
+            raise AuthConfigError(
+                "auth.keys_file: mode keys needs the path of the API keys file "
+                "(e.g. .state/router/api-keys.json)"
+            )
+        keys_file = Path(settings.keys_file)
+        return KeysAuthenticator(keys_file if keys_file.is_absolute() else root / keys_file)
+    if settings.globus is None:
+        raise AuthConfigError(
+            "auth.globus: mode globus needs a globus section with the router's client_id"
+        )
+    variable = settings.globus.client_secret_env
+    secret = os.environ.get(variable, "")
+    if not secret:
+        raise AuthConfigError(
+            f"auth.globus.client_secret_env: the environment variable {variable} is not set; "
+            "export the router's Globus client secret in it before starting the router"
+        )
+    return GlobusAuthenticator(settings.globus, secret)

@@ -1,0 +1,214 @@
+"""Runs each batch as a job on its model's batch endpoint, and keeps its record current.
+
+The job (``node_runtime.batch.run_batch``) writes the output, error and progress files; the
+router reads progress for status, writes the cancel marker, and records the outcome when
+the job returns. Batches left unfinished by a stopped router are submitted again when it
+starts: the job resumes from its output file, and its lock keeps two jobs off one output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from node_runtime.batch import cancel_path, read_progress, run_batch
+
+from inference_bundle.config.naming import batch_twin_name
+from inference_bundle.router.batches.store import FINAL, BatchRecord, BatchStore
+from inference_bundle.router.executors.base import Executor
+from inference_bundle.router.executors.engine import EngineExecutor
+from inference_bundle.router.routes import Route, RouteTable
+
+log = logging.getLogger("router.batches")
+
+
+def batch_endpoint(route: Route) -> str:
+    """The name of a model's batch twin endpoint (rendered next to the model's own)."""
+    return batch_twin_name(route.endpoint_name)
+
+
+def engine_batch_factory(state_dir: Path) -> Callable[[Route], Executor]:
+    """Engines from the batch twins that ``engine_factory`` rendered under state_dir."""
+
+    def start(route: Route) -> Executor:
+        name = batch_endpoint(route)
+        return EngineExecutor(
+            state_dir / "endpoints" / route.cluster / name, state_dir / "engines" / name
+        )
+
+    return start
+
+
+class BatchRunner:
+    """Submits batch jobs and turns what they report into batch records."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        table: RouteTable,
+        executor_for: Callable[[Route], Executor],
+        runtime_version: str,
+        concurrency: int,
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.executor_for = executor_for
+        self.runtime_version = runtime_version
+        self.concurrency = concurrency
+        self._lock = threading.Lock()
+        self._running: dict[str, Future[Any]] = {}
+        self._stopping = False
+        self._prestart: threading.Thread | None = None
+
+    def start(self, batch: BatchRecord) -> None:
+        """Submit the batch's job in the background (an engine may take a while to start)."""
+        threading.Thread(target=self._submit, args=(batch.id,), daemon=True).start()
+
+    def prestart(self) -> threading.Thread:
+        """Start each batch-capable model's engine now, in the background, with no job yet.
+
+        An engine's start (its interchange) takes seconds; done here, a batch's cold start
+        waits only for its job and its model server. The job itself is still asked for when
+        a batch arrives.
+        """
+        routes = [
+            route
+            for route in self.table.routes()
+            if route.entry.endpoint.batch and route.entry.endpoint.enabled
+        ]
+
+        def start_all() -> None:
+            for route in routes:
+                try:
+                    self.executor_for(route)
+                except Exception:
+                    log.exception("the batch engine of %s could not be started", route.model)
+
+        thread = threading.Thread(target=start_all, daemon=True, name="batch-engines")
+        thread.start()
+        self._prestart = thread
+        return thread
+
+    def engines_state(self) -> str | None:
+        """'starting' or 'ready' once ``prestart`` ran; None if it did not (for /health)."""
+        if self._prestart is None:
+            return None
+        return "starting" if self._prestart.is_alive() else "ready"
+
+    def resume_unfinished(self) -> list[str]:
+        """Submit again every batch a previous router left running; their ids."""
+        ids = [b.id for b in self.store.batches(None, unfinished=True)]
+        for batch_id in ids:
+            threading.Thread(target=self._submit, args=(batch_id,), daemon=True).start()
+        return ids
+
+    def _submit(self, batch_id: str) -> None:
+        batch = self.store.batch(batch_id, None)
+        if batch is None or batch.status in FINAL:
+            return
+        try:
+            route = self.table.lookup(batch.model, batch.cluster)
+            executor = self.executor_for(route)
+            future = executor.submit(
+                run_batch,
+                self.runtime_version,
+                route.spec,
+                batch.input_path,
+                batch.output_path,
+                batch.error_path,
+                self.concurrency,
+            )
+        except Exception as err:
+            log.exception("batch %s could not be submitted", batch_id)
+            self._finish(batch_id, None, f"the batch job could not be submitted: {err}")
+            return
+        with self._lock:
+            self._running[batch_id] = future
+        future.add_done_callback(lambda done: self._done(batch_id, done))
+
+    def _done(self, batch_id: str, done: Future[Any]) -> None:
+        with self._lock:
+            self._running.pop(batch_id, None)
+        error = done.exception()
+        if error is not None:
+            self._finish(batch_id, None, f"the batch job failed: {error}")
+        else:
+            self._finish(batch_id, done.result(), None)
+
+    def _finish(self, batch_id: str, result: dict[str, Any] | None, error: str | None) -> None:
+        with self._lock:
+            if self._stopping:
+                return  # the router stops its jobs: the batch stays unfinished, to resume
+            self._record_outcome(batch_id, result, error)
+
+    def stop(self) -> None:
+        """Record no more outcomes: jobs cut from now on are the router's own stop."""
+        with self._lock:
+            self._stopping = True
+
+    def _record_outcome(
+        self, batch_id: str, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        batch = self.store.batch(batch_id, None)
+        if batch is None:
+            return
+        batch = self.refresh(batch)
+        if result is not None:
+            batch = batch.with_(
+                total=int(result["total"]),
+                completed=int(result["completed"]),
+                failed=int(result["failed"]),
+            )
+        status = "failed" if error else str(result["state"]) if result else "failed"
+        output_id = error_id = None
+        if os.path.exists(batch.output_path):
+            output_id = self.store.add_file(
+                batch.owner, "output.jsonl", "batch_output", Path(batch.output_path)
+            ).id
+        if os.path.exists(batch.error_path):
+            error_id = self.store.add_file(
+                batch.owner, "errors.jsonl", "batch_output", Path(batch.error_path)
+            ).id
+        errors = None if error is None else [{"code": "job_failed", "message": error}]
+        self.store.save(
+            batch.with_(
+                status=status,
+                finished_at=int(time.time()),
+                output_file_id=output_id,
+                error_file_id=error_id,
+                errors=errors,
+            )
+        )
+
+    def refresh(self, batch: BatchRecord) -> BatchRecord:
+        """The batch with the counts its job last reported (not saved)."""
+        if batch.status in FINAL:
+            return batch
+        progress = read_progress(batch.output_path)
+        if progress is None:
+            return batch
+        return batch.with_(
+            completed=int(progress.get("completed", batch.completed)),
+            failed=int(progress.get("failed", batch.failed)),
+        )
+
+    def cancel(self, batch: BatchRecord) -> BatchRecord:
+        """Ask the job to stop after the requests in flight; what finished is kept."""
+        with self._lock:
+            batch = self.store.batch(batch.id, None) or batch
+            if batch.status in FINAL or batch.status == "cancelling":
+                return batch
+            Path(cancel_path(batch.output_path)).touch()
+            cancelling = batch.with_(status="cancelling", cancelling_at=int(time.time()))
+            self.store.save(cancelling)
+            return cancelling
+
+    def running(self, batch_id: str) -> bool:
+        with self._lock:
+            return batch_id in self._running

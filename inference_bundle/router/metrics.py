@@ -1,0 +1,61 @@
+"""Prometheus metrics of the router, on a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from inference_bundle.router.states import ModelState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
+
+
+class _StatesCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[ModelState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("router_models", "Models by lifecycle state", labels=["state"])
+        counts = dict.fromkeys(ModelState, 0)
+        for state in self._states():
+            counts[state] += 1
+        for state, count in counts.items():
+            family.add_metric([state.value], count)
+        yield family
+
+
+class Metrics:
+    def __init__(self, states: Callable[[], Iterable[ModelState]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "router_requests",
+            "Requests answered, by operation, model and status",
+            ["operation", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "router_request_seconds",
+            "Time from request to answer",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.paths = Counter(
+            "router_request_paths",
+            "Requests by the way they took: endpoint, direct (to a server on this host), none",
+            ["via"],
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "router_cold_starts", "Requests that started a model", ["model"], registry=self.registry
+        )
+        self.start_wait = Histogram(
+            "router_start_wait_seconds",
+            "Time requests spent waiting for a model to start",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StatesCollector(states))

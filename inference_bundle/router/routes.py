@@ -1,0 +1,112 @@
+"""The route table: which cluster, framework and endpoint serve a model name."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_bundle.config.catalog import Catalog, CatalogEntry
+from inference_bundle.rendering.specs import server_spec
+from inference_bundle.router.errors import APIError
+
+FRAMEWORK_PATHS = {
+    "vllm": ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"),
+    "infinity": ("/v1/embeddings", "/v1/models"),
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model is served, and the spec its node runtime is sent."""
+
+    cluster: str
+    entry: CatalogEntry
+    spec: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def model(self) -> str:
+        return self.entry.endpoint.name
+
+    @property
+    def framework(self) -> str:
+        return self.entry.endpoint.framework
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.entry.endpoint_name
+
+
+class RouteTable:
+    """Model names and aliases → routes, per cluster; errors say where a model is instead."""
+
+    def __init__(self, catalogs: Iterable[Catalog]) -> None:
+        self._by_cluster: dict[str, dict[str, Route]] = {}
+        for catalog in catalogs:
+            names: dict[str, Route] = {}
+            for entry in catalog.entries:
+                route = Route(catalog.cluster, entry, server_spec(entry, catalog.profile))
+                for name in entry.endpoint.names:
+                    names[name] = route
+            self._by_cluster[catalog.cluster] = names
+
+    @property
+    def clusters(self) -> list[str]:
+        return sorted(self._by_cluster)
+
+    def routes(self, cluster: str | None = None) -> list[Route]:
+        """Every distinct route, of one cluster or of all, in a stable order."""
+        clusters = [cluster] if cluster else self.clusters
+        seen = {id(route): route for name in clusters for route in self._by_cluster[name].values()}
+        return sorted(seen.values(), key=lambda r: (r.cluster, r.model))
+
+    def lookup(self, model: str, cluster: str | None = None, framework: str | None = None) -> Route:
+        """The route for ``model``; raise an APIError a user can act on."""
+        if cluster is not None and cluster not in self._by_cluster:
+            raise APIError(
+                404,
+                f"Unknown cluster '{cluster}'. Clusters: {', '.join(self.clusters)}.",
+                code="cluster_not_found",
+            )
+        candidates = [
+            self._by_cluster[c][model]
+            for c in ([cluster] if cluster else self.clusters)
+            if model in self._by_cluster[c]
+        ]
+        if not candidates:
+            raise self._unknown(model, cluster)
+        enabled = [r for r in candidates if r.entry.endpoint.enabled]
+        if not enabled:
+            route = candidates[0]
+            raise APIError(
+                404,
+                f"The model '{model}' is not served on {route.cluster}: "
+                f"{route.entry.endpoint.disabled_reason}",
+                param="model",
+                code="model_disabled",
+            )
+        route = enabled[0]
+        if framework is not None and route.framework != framework:
+            raise APIError(
+                400,
+                f"The model '{model}' is served by {route.framework}, not {framework}: use "
+                f"/resource_server/{route.cluster}/{route.framework}/v1.",
+                param="model",
+                code="wrong_framework",
+            )
+        return route
+
+    def _unknown(self, model: str, cluster: str | None) -> APIError:
+        clusters = [cluster] if cluster else self.clusters
+        served = sorted({r.model for c in clusters for r in self._by_cluster[c].values()})
+        close = difflib.get_close_matches(model, served, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        where = f" on {cluster}" if cluster else ""
+        return APIError(
+            404,
+            f"The model '{model}' does not exist{where}.{hint} "
+            "GET /resource_server/list-endpoints lists the models served.",
+            param="model",
+            code="model_not_found",
+        )

@@ -1,0 +1,167 @@
+"""Everything a running router holds: routes, states, executors, auth, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import node_runtime
+
+from inference_bundle.config.catalog import Catalog, load_catalog
+from inference_bundle.config.naming import jobs_endpoint_name
+from inference_bundle.config.registry import load_registry
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.auth import AuthConfigError, Authenticator, build_authenticator
+from inference_bundle.router.batches.api import BatchService
+from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
+from inference_bundle.router.batches.store import BatchStore
+from inference_bundle.router.direct import DirectPath
+from inference_bundle.router.dispatch import Dispatcher
+from inference_bundle.router.executors.globus import (
+    GlobusExecutor,
+    SharedSubmitter,
+    default_sdk_executor,
+)
+from inference_bundle.router.executors.pool import ExecutorPool, engine_factory
+from inference_bundle.router.joblisting import JobListing
+from inference_bundle.router.metrics import Metrics
+from inference_bundle.router.routes import RouteTable
+from inference_bundle.router.states import StateTracker
+
+
+@dataclass
+class RouterService:
+    settings: RouterSettings
+    table: RouteTable
+    tracker: StateTracker
+    pool: ExecutorPool
+    dispatcher: Dispatcher
+    authenticator: Authenticator
+    metrics: Metrics
+    job_listing: JobListing
+    batches: BatchService
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+        for close in self.closers:
+            close()
+
+
+def build_service(
+    settings: RouterSettings,
+    root: Path,
+    sdk_executor: Callable[[], Any] = default_sdk_executor,
+) -> RouterService:
+    """Load the catalogs this router serves and wire its parts together.
+
+    ``sdk_executor`` makes the globus_compute_sdk Executor (tests pass their own).
+    """
+    catalogs: list[Catalog] = [load_catalog(root, cluster) for cluster in settings.clusters]
+    table = RouteTable(catalogs)
+    _check_groups(settings, table)
+    tracker = StateTracker()
+    for route in table.routes():
+        tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
+    state_dir = Path(settings.state_dir)
+    state_dir = state_dir if state_dir.is_absolute() else root / state_dir
+    closers: list[Callable[[], None]] = []
+    if settings.executor == "engine":
+        pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
+        batch_pool = ExecutorPool(engine_batch_factory(state_dir))
+        job_listing = JobListing(catalogs)
+    else:
+        registries = {c.cluster: load_registry(root, c.cluster) for c in catalogs}
+        submitter = SharedSubmitter(sdk_executor())
+        closers.append(submitter.shutdown)
+        pool = ExecutorPool(
+            lambda route: GlobusExecutor(route.endpoint_name, registries[route.cluster], submitter)
+        )
+        # Each cluster lists its jobs through a small endpoint on its login node.
+        jobs_endpoints = {
+            c.cluster: GlobusExecutor(
+                jobs_endpoint_name(c.cluster), registries[c.cluster], submitter
+            )
+            for c in catalogs
+        }
+        job_listing = JobListing(catalogs, remote=jobs_endpoints)
+        batch_pool = ExecutorPool(
+            lambda route: GlobusExecutor(
+                batch_endpoint(route), registries[route.cluster], submitter
+            )
+        )
+    direct = None
+    if settings.executor == "engine" and settings.direct_path.enabled:
+        direct = DirectPath(settings.direct_path.refresh_s, timeout_s=settings.wait_s)
+    dispatcher = Dispatcher(
+        pool,
+        tracker,
+        settings.wait_s,
+        node_runtime.__version__,
+        job_listing=job_listing,
+        direct=direct,
+    )
+    metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
+    authenticator = build_authenticator(settings.auth, root)
+    batches = _batch_service(settings, catalogs, table, batch_pool, authenticator, state_dir)
+    # Jobs cut by this router's stop are not failures: the next router resumes them.
+    closers += [batches.runner.stop, batch_pool.shutdown, batches.shutdown]
+    return RouterService(
+        settings=settings,
+        table=table,
+        tracker=tracker,
+        pool=pool,
+        dispatcher=dispatcher,
+        authenticator=authenticator,
+        metrics=metrics,
+        job_listing=job_listing,
+        closers=closers,
+        batches=batches,
+    )
+
+
+def _batch_service(
+    settings: RouterSettings,
+    catalogs: list[Catalog],
+    table: RouteTable,
+    batch_pool: ExecutorPool,
+    authenticator: Authenticator,
+    state_dir: Path,
+) -> BatchService:
+    """Batches: records in SQLite, jobs on each model's batch twin endpoint."""
+    # A relative database path is taken from the router's state folder, like the rest.
+    store = BatchStore(state_dir / (settings.batches.db or "batches.db"))
+    runner = BatchRunner(
+        store, table, batch_pool.get, node_runtime.__version__, settings.batches.concurrency
+    )
+    return BatchService(
+        store=store,
+        runner=runner,
+        table=table,
+        profiles={c.cluster: c.profile for c in catalogs},
+        authenticator=authenticator,
+        auth=settings.auth,
+        files_dir=state_dir / "batches" / "files",
+        max_file_bytes=settings.batches.max_file_bytes,
+    )
+
+
+def _check_groups(settings: RouterSettings, table: RouteTable) -> None:
+    """In globus mode every group an endpoint names needs a Globus id, or nobody passes."""
+    if settings.auth.globus is None:
+        return
+    known = settings.auth.globus.groups
+    unknown = sorted(
+        f"{route.entry.file} names group {group!r}"
+        for route in table.routes()
+        for group in route.entry.endpoint.groups
+        if group not in known
+    )
+    if unknown:
+        raise AuthConfigError(
+            "auth.globus.groups: has no Globus group id for: "
+            + "; ".join(unknown)
+            + ". Add each group's id there."
+        )
