@@ -1,10 +1,11 @@
 """A batch job's body: feed an input file to the model's own server, answer by answer.
 
-vLLM's offline ``run_batch`` has no /v1/completions, aborts on one bad line and writes only
-at the end (FACTS.md); so the job starts the model's server (``use_server``) and sends it the
-file with bounded concurrency. Each answer is appended to the output file as it comes (one
-flushed line), failures to the error file; custom_ids already in either file are skipped, so
-a job cut by its walltime resumes where it stopped. Files next to the output:
+vLLM's offline ``run_batch`` (vLLM 0.32) has no /v1/completions, aborts the whole run with
+no output on one invalid line, and writes its output once, at the end; so the job starts the
+model's server (``use_server``) and sends it the file with bounded concurrency. Each answer
+is appended to the output file as it comes (one flushed line), failures to the error file;
+custom_ids already in either file are skipped, so a job cut by its walltime resumes where it
+stopped. Files next to the output:
 
 - ``<output>.progress.json``: {"total", "completed", "failed", "state", "updated_at"},
   rewritten atomically while the job runs (the router reads it for status);
@@ -27,6 +28,7 @@ from typing import Any
 from . import __version__, backend
 from .server import use_server
 from .spec import ServerSpec
+from .states import FeedState
 
 
 def run_batch(
@@ -107,7 +109,7 @@ class _Results:
         self.errors = open(error_path, "a")  # noqa: SIM115
         self.total = total
         self.completed, self.failed = self._counts(output_path, error_path)
-        self.state = "running"
+        self.state = FeedState.RUNNING
         self.written_at = 0.0
 
     @staticmethod
@@ -218,9 +220,9 @@ def feed(
                     output_path,
                     max(1, concurrency),
                 )
-            results.state = "cancelled" if cancelled else "completed"
+            results.state = FeedState.CANCELLED if cancelled else FeedState.COMPLETED
         except BaseException:
-            results.state = "failed"
+            results.state = FeedState.FAILED
             raise
         finally:
             results.close()

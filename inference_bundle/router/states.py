@@ -1,4 +1,8 @@
-"""Each model's lifecycle as users see it: cold, queued, starting, ready, idle, stopped."""
+"""Each model's lifecycle as users see it: cold, queued, starting, ready, idle, stopped.
+
+The states themselves are the node runtime's ``ModelState`` (one vocabulary for both sides),
+re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
+from node_runtime.states import ModelState
 
-class ModelState(StrEnum):
-    COLD = "cold"  # never started since the router started
-    QUEUED = "queued"  # a request waits for the scheduler to give the endpoint a node
-    STARTING = "starting"  # a node is held and the server is loading the model
-    READY = "ready"  # the server answered recently
-    IDLE = "idle"  # the server is up but nobody used it for a while
-    STOPPED = "stopped"  # torn down after its idle timeout, or failed to start
+__all__ = ["ModelState", "ModelStatus", "StateTracker"]
 
 
 @dataclass(frozen=True)

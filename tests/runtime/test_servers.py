@@ -21,7 +21,8 @@ from .conftest import chat, processes_mentioning
 from .local_backends import Spec, infinity_spec, vllm_spec
 from .test_units import run_serialized_serve
 
-pytestmark = pytest.mark.slow
+# Tests start vLLM and Infinity servers (cold calls wait up to 600 s on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _state(spec: Spec) -> Any:

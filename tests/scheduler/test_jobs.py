@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from node_runtime import jobs
-from node_runtime.jobs import JobListingError, list_jobs, parse_job_name, parse_qstat_json
+from node_runtime.jobs import JobListingError, list_jobs, parse_job_name
+from node_runtime.schedulers.common import seconds
+from node_runtime.schedulers.pbspro import parse_qstat_json
+from node_runtime.schedulers.slurm import parse_squeue
 from node_runtime.state import ServerPaths, ServerState, model_key, write_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "qstat"
@@ -123,7 +125,7 @@ def test_squeue_lines_map_to_jobs() -> None:
             "79|RUNNING|None|1|5:00|10:00|2024-11-27T09:10:05|gpu|nid005|someone_else",
         ]
     )
-    queued, running = jobs.parse_squeue(text, expand=lambda s: ["nid001", "nid002", "nid003"])
+    queued, running = parse_squeue(text, expand=lambda s: ["nid001", "nid002", "nid003"])
     assert (queued.scheduler_state, queued.reason, queued.nodes) == ("queued", "Resources", ())
     assert (queued.walltime_used_s, queued.walltime_s, queued.started_at) == (0, 86400, None)
     assert (running.scheduler_state, running.reason, running.node_count) == ("running", None, 4)
@@ -132,11 +134,11 @@ def test_squeue_lines_map_to_jobs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"),
+    ("text", "expected"),
     [("24:00:00", 86400), ("1-02:03:04", 93784), ("10:00", 600), ("0:00", 0), ("UNLIMITED", None)],
 )
-def test_walltimes(text: str, seconds: int | None) -> None:
-    assert jobs._seconds(text) == seconds
+def test_walltimes(text: str, expected: int | None) -> None:
+    assert seconds(text) == expected
 
 
 def test_the_model_folder_name_is_the_runtimes(tmp_path: Path) -> None:

@@ -1,0 +1,46 @@
+"""Infinity: embeddings only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import Framework
+
+if TYPE_CHECKING:
+    from ..spec import ServerSpec
+
+
+def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
+    """Infinity's v2 CLI, with its routes under /v1 as OpenAI's are."""
+    return [
+        spec.python,
+        "-m",
+        "infinity_emb.cli",
+        "v2",
+        "--model-id",
+        spec.weights,
+        "--served-model-name",
+        spec.name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--url-prefix",
+        "/v1",
+    ]
+
+
+def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
+    """One embedding: a server that loaded its model answers it."""
+    return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
+
+
+FRAMEWORK = Framework(
+    name="infinity",
+    label="Infinity",
+    tasks=("embed",),
+    serves="embeddings",
+    operations=frozenset({("POST", "/v1/embeddings"), ("GET", "/v1/models")}),
+    server_argv=server_argv,
+    probe_request=probe_request,
+)

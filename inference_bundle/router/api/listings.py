@@ -1,0 +1,170 @@
+"""What a caller may see: the models, every cluster's endpoints, and the scheduler's jobs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from node_runtime.states import JobState
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from inference_bundle.router.api.common import authenticate, bound_route, require_cluster
+from inference_bundle.router.auth import Caller, may_use
+from inference_bundle.router.routes import FRAMEWORK_PATHS, Route
+from inference_bundle.router.service import RouterService
+from inference_bundle.router.states import ModelState
+
+
+def routes(service: RouterService) -> list[BaseRoute]:
+    """The listings under a cluster and framework, across clusters, and under /v1."""
+    framework = "/resource_server/{cluster}/{framework}/v1/models"
+    return [
+        bound_route(framework, models, service, ["GET"]),
+        bound_route("/resource_server/{cluster}/jobs", jobs, service, ["GET"]),
+        bound_route("/resource_server/list-endpoints", list_endpoints, service, ["GET"]),
+        bound_route("/v1/models", models, service, ["GET"]),
+    ]
+
+
+async def models(service: RouterService, request: Request) -> Response:
+    """OpenAI's model list: the enabled models the caller may use, with their states."""
+    caller = await authenticate(service.authenticator, request)
+    cluster = request.path_params.get("cluster")
+    framework = request.path_params.get("framework")
+    if cluster is not None:
+        require_cluster(service.table, cluster)
+    data = [
+        {
+            "id": route.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": route.cluster,
+            "framework": route.framework,
+            "state": service.tracker.status(route.endpoint_name).state.value,
+        }
+        for route in service.table.routes(cluster)
+        if route.entry.endpoint.enabled
+        and (framework is None or route.framework == framework)
+        and _allowed(service, caller, route)
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def list_endpoints(service: RouterService, request: Request) -> Response:
+    """Every cluster's frameworks, their URLs and models (disabled ones with the reason)."""
+    caller = await authenticate(service.authenticator, request)
+    clusters: dict[str, Any] = {}
+    for route in service.table.routes():
+        if not _allowed(service, caller, route):
+            continue
+        base = f"/resource_server/{route.cluster}"
+        cluster = clusters.setdefault(route.cluster, {"base_url": base, "frameworks": {}})
+        framework = cluster["frameworks"].setdefault(
+            route.framework,
+            {
+                "models": [],
+                "endpoints": {
+                    p.removeprefix("/v1/").replace("/", "_"): f"{base}/{route.framework}{p}"
+                    for p in FRAMEWORK_PATHS[route.framework]
+                },
+            },
+        )
+        framework["models"].append(_model_entry(service, route))
+    return JSONResponse({"clusters": clusters})
+
+
+async def jobs(service: RouterService, request: Request) -> Response:
+    """A cluster's scheduler jobs, grouped running, queued and others."""
+    caller = await authenticate(service.authenticator, request)
+    cluster = request.path_params["cluster"]
+    require_cluster(service.table, cluster)
+    listing = await service.job_listing.jobs(cluster)
+    return JSONResponse({"cluster": cluster, **_group_jobs(service, caller, cluster, listing)})
+
+
+def _allowed(service: RouterService, caller: Caller, route: Route) -> bool:
+    return may_use(caller, service.settings.auth, route.cluster, route.entry.endpoint.groups)
+
+
+# The lifecycle states of node_runtime.jobs, grouped as the guide's /jobs shows them.
+# The node runtime's job states, grouped as the guide's /jobs shows them.
+_JOB_GROUPS = {
+    JobState.QUEUED: "queued",
+    JobState.STARTING: "running",
+    JobState.READY: "running",
+    JobState.IDLE: "running",
+    JobState.RUNNING: "running",
+    JobState.STOPPING: "others",
+}
+
+
+def _group_jobs(
+    service: RouterService, caller: Caller, cluster: str, listing: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Scheduler jobs with their models' states, plus models waiting for a job to show."""
+    routes = {r.endpoint_name: r for r in service.table.routes(cluster)}
+    grouped: dict[str, list[dict[str, Any]]] = {"running": [], "queued": [], "others": []}
+    listed = set()
+    for job in listing.get("jobs", []):
+        route = routes.get(job.get("endpoint") or "")
+        if route is None or not _allowed(service, caller, route):
+            continue
+        listed.add(route.endpoint_name)
+        status = service.tracker.status(route.endpoint_name)
+        grouped[_JOB_GROUPS.get(job["state"], "others")].append(
+            {
+                "model": route.model,
+                "endpoint": route.endpoint_name,
+                "job_id": job.get("job_id"),
+                "job_state": job.get("scheduler_state"),
+                "model_status": job["state"],
+                "reason": job.get("reason"),
+                "nodes": job.get("nodes", []),
+                "walltime_used_s": job.get("walltime_used_s"),
+                "walltime_s": job.get("walltime_s"),
+                "requests_in_flight": status.in_flight,
+                "last_used": _iso(status.last_used),
+            }
+        )
+    for name, route in routes.items():
+        status = service.tracker.status(name)
+        waiting = status.state in (ModelState.QUEUED, ModelState.STARTING)
+        if name in listed or not waiting or not _allowed(service, caller, route):
+            continue
+        grouped["queued" if status.state == ModelState.QUEUED else "running"].append(
+            {
+                "model": route.model,
+                "endpoint": name,
+                "job_id": None,
+                "job_state": None,
+                "model_status": status.state.value,
+                "reason": "requested; waiting for the scheduler",
+                "nodes": [],
+                "walltime_used_s": None,
+                "walltime_s": None,
+                "requests_in_flight": status.in_flight,
+                "last_used": _iso(status.last_used),
+            }
+        )
+    return grouped
+
+
+def _model_entry(service: RouterService, route: Route) -> dict[str, Any]:
+    ep = route.entry.endpoint
+    status = service.tracker.status(route.endpoint_name)
+    entry: dict[str, Any] = {
+        "id": ep.name,
+        "aliases": ep.aliases,
+        "kind": ep.kind,
+        "batch": ep.batch,
+        "state": status.state.value if ep.enabled else "disabled",
+    }
+    if not ep.enabled:
+        entry["disabled_reason"] = ep.disabled_reason
+    return entry
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
