@@ -1,1 +1,1 @@
-"""Configuration: the catalog, cluster profiles, router settings, the registry and naming."""
+"""Configuration: catalog, frameworks, cluster profiles, router settings, registry, naming."""

@@ -10,22 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inference_bundle.config.frameworks import FRAMEWORKS, Framework, Kind
 from inference_bundle.config.problems import (
     CatalogError,
     Problem,
     display_path,
     problems_from_validation,
 )
-from inference_bundle.config.profiles import (
-    ClusterProfile,
-    Framework,
-    Walltime,
-    load_profile,
-    valid_fields,
-)
+from inference_bundle.config.profiles import ClusterProfile, Walltime, load_profile
 from inference_bundle.config.yamlfile import load_mapping
 
-Kind = Literal["chat", "vision", "embedding", "base"]
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -129,17 +123,15 @@ def endpoint_problems(
         problems += _gpu_problems(ep, file, profile)
     if usable("batch", "nodes") and ep.batch and ep.nodes > 1:
         add("batch", f"batches need a single-node model but nodes is {ep.nodes}; set batch: false")
-    if usable("framework", "kind") and ep.framework == "infinity" and ep.kind != "embedding":
-        add("framework", f"infinity serves embedding models only, but kind is {ep.kind}; use vllm")
+    if usable("framework", "kind"):
+        problems += _kind_problems(ep, file)
     if usable("framework") and ep.framework not in profile.runtimes:
         add(
             "framework",
             f"{cluster} has no {ep.framework} runtime; add it to the profile's runtimes",
         )
-    if usable("framework", "server_args") and ep.framework == "infinity":
-        for arg in ("tool_call_parser", "reasoning_parser", "gpu_memory_utilization"):
-            if getattr(ep.server_args, arg) is not None:
-                add(f"server_args.{arg}", "is a vLLM option; remove it for infinity")
+    if usable("framework", "server_args"):
+        problems += _server_arg_problems(ep, file)
     if usable("nodes") and ep.nodes > 1 and profile.multi_node is None:
         add("nodes", f"is {ep.nodes} but {cluster} has no multi_node settings; use 1 node")
     if usable("enabled", "disabled_reason"):
@@ -147,6 +139,36 @@ def endpoint_problems(
             add("disabled_reason", "a disabled endpoint needs a reason users can read; add one")
         if ep.enabled and ep.disabled_reason:
             add("disabled_reason", "is set but enabled is true; remove it or set enabled: false")
+    return problems
+
+
+def _kind_problems(ep: Endpoint, file: str) -> list[Problem]:
+    """A framework serves only the model kinds its entry lists."""
+    served = FRAMEWORKS[ep.framework].kinds
+    if ep.kind in served:
+        return []
+    others = [f.name for f in FRAMEWORKS.values() if ep.kind in f.kinds]
+    message = f"{ep.framework} serves {' or '.join(served)} models only, but kind is {ep.kind}"
+    return [
+        Problem(file, "framework", message + (f"; use {' or '.join(others)}" if others else ""))
+    ]
+
+
+def _server_arg_problems(ep: Endpoint, file: str) -> list[Problem]:
+    """Server options set in the catalog that the endpoint's framework does not take."""
+    takes = FRAMEWORKS[ep.framework].server_args
+    problems = []
+    for arg in sorted(set(ServerArgs.model_fields) - takes):
+        default = ServerArgs.model_fields[arg].get_default(call_default_factory=True)
+        if getattr(ep.server_args, arg) != default:
+            owners = [f.label for f in FRAMEWORKS.values() if arg in f.server_args]
+            problems.append(
+                Problem(
+                    file,
+                    f"server_args.{arg}",
+                    f"is a {' or '.join(owners)} option; remove it for {ep.framework}",
+                )
+            )
     return problems
 
 
@@ -216,7 +238,7 @@ def load_endpoint(
         endpoint = Endpoint.model_validate(data)
     except ValidationError as err:
         broken = frozenset(str(e["loc"][0]) for e in err.errors() if e["loc"])
-        problems = problems_from_validation(err, shown, valid_fields(Endpoint))
+        problems = problems_from_validation(err, shown, Endpoint)
         sound = {k: v for k, v in data.items() if k not in broken and k in Endpoint.model_fields}
         if "server_args" in sound:
             sound["server_args"] = ServerArgs.model_validate(sound["server_args"])

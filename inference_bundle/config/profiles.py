@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from inference_bundle.config.frameworks import Framework
 from inference_bundle.config.problems import (
     CatalogError,
     Problem,
@@ -16,34 +17,69 @@ from inference_bundle.config.problems import (
 from inference_bundle.config.yamlfile import load_mapping
 
 Walltime = Annotated[str, Field(pattern=r"^\d{1,3}:[0-5]\d:[0-5]\d$", examples=["24:00:00"])]
-Framework = Literal["vllm", "infinity"]
 Scheduler = Literal["pbspro", "slurm", "local"]
-
-PROVIDER_TYPES: dict[str, str] = {
-    "pbspro": "PBSProProvider",
-    "slurm": "SlurmProvider",
-    "local": "LocalProvider",
-}
 
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ProviderSettings(_Settings):
-    """What the Parsl provider is told: account, queue, resources per block."""
+class _ProviderSettings(_Settings):
+    """What every Parsl provider is told: how long a block runs and how workers start."""
 
-    account: str | None = None
-    queue: str | None = Field(default=None, description="PBS queue")
-    partition: str | None = Field(default=None, description="Slurm partition")
-    select_options: str = Field(default="", description="PBS: appended to -l select")
-    scheduler_options: str = Field(default="", description="extra #PBS or #SBATCH lines")
+    parsl_type: ClassVar[str]
     walltime: Walltime = "24:00:00"
-    cpus_per_node: int | None = Field(default=None, ge=1)
-    exclusive: bool = Field(default=True, description="Slurm: whole nodes")
     launcher: Literal["SimpleLauncher", "SingleNodeLauncher", "MpiExecLauncher", "SrunLauncher"] = (
         "SimpleLauncher"
     )
+
+    def free_text(self) -> dict[str, str]:
+        """Text the rendered files carry as it is, by field name (must hold no Jinja)."""
+        return {}
+
+
+class _BatchProviderSettings(_ProviderSettings):
+    """A batch scheduler's provider: job script lines and the cores of a node."""
+
+    scheduler_options: str = Field(default="", description="extra #PBS or #SBATCH lines")
+    cpus_per_node: int | None = Field(default=None, ge=1)
+
+    def free_text(self) -> dict[str, str]:
+        """Text the rendered files carry as it is, by field name (must hold no Jinja)."""
+        return {"scheduler_options": self.scheduler_options}
+
+
+class PbsProProviderSettings(_BatchProviderSettings):
+    """PBS Pro (PBSProProvider): the allocation and queue are required."""
+
+    parsl_type: ClassVar[str] = "PBSProProvider"
+    # What an operator reads for a required field left out, empty or null.
+    missing_sentence: ClassVar[str] = "is required for a PBS Pro cluster; set it"
+    account: str = Field(min_length=1)
+    queue: str = Field(min_length=1, description="PBS queue")
+    select_options: str = Field(default="", description="appended to -l select")
+
+    def free_text(self) -> dict[str, str]:
+        """Text the rendered files carry as it is, by field name (must hold no Jinja)."""
+        return super().free_text() | {"select_options": self.select_options}
+
+
+class SlurmProviderSettings(_BatchProviderSettings):
+    """Slurm (SlurmProvider): account and partition when the site needs them."""
+
+    parsl_type: ClassVar[str] = "SlurmProvider"
+    account: str | None = None
+    partition: str | None = Field(default=None, description="Slurm partition")
+    exclusive: bool = Field(default=True, description="whole nodes")
+
+
+class LocalProviderSettings(_ProviderSettings):
+    """This machine (LocalProvider): no scheduler, nothing to ask one for."""
+
+    parsl_type: ClassVar[str] = "LocalProvider"
+
+
+ProviderSettings = PbsProProviderSettings | SlurmProviderSettings | LocalProviderSettings
 
 
 class EngineSettings(_Settings):
@@ -85,7 +121,7 @@ class MultiNodeSettings(_Settings):
     run_on_each_node: str = Field(description="prefix that runs a command once per node")
 
 
-class ClusterProfile(_Settings):
+class _ClusterProfile(_Settings):
     """One cluster: its scheduler, resources, runtimes and paths."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -111,9 +147,10 @@ class ClusterProfile(_Settings):
 
     @property
     def provider_type(self) -> str:
-        return PROVIDER_TYPES[self.scheduler]
+        """The Parsl provider class the rendered endpoints name."""
+        return self.provider.parsl_type
 
-    def resolve_paths(self, root: Path) -> ClusterProfile:
+    def resolve_paths(self, root: Path) -> Self:
         """The same profile with relative paths made absolute against ``root``."""
 
         def absolute(value: str) -> str:
@@ -146,15 +183,33 @@ class ClusterProfile(_Settings):
         )
 
 
-def valid_fields(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
-    """Map each dotted section of ``model`` to the field names it accepts."""
-    found = {prefix: sorted(model.model_fields)}
-    for name, info in model.model_fields.items():
-        annotation: Any = info.annotation
-        for candidate in (annotation, *getattr(annotation, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                found |= valid_fields(candidate, f"{prefix}.{name}" if prefix else name)
-    return found
+class PbsProProfile(_ClusterProfile):
+    """A PBS Pro cluster."""
+
+    scheduler: Literal["pbspro"]
+    provider: PbsProProviderSettings
+
+
+class SlurmProfile(_ClusterProfile):
+    """A Slurm cluster."""
+
+    scheduler: Literal["slurm"]
+    provider: SlurmProviderSettings
+
+
+class LocalProfile(_ClusterProfile):
+    """This machine, without a scheduler."""
+
+    scheduler: Literal["local"]
+    provider: LocalProviderSettings
+
+
+# The scheduler tag picks the profile's shape, so pydantic names a missing or foreign
+# provider field itself (a Slurm partition under a PBS Pro profile, say).
+ClusterProfile = Annotated[
+    PbsProProfile | SlurmProfile | LocalProfile, Field(discriminator="scheduler")
+]
+_PROFILE: TypeAdapter[ClusterProfile] = TypeAdapter(ClusterProfile)
 
 
 def load_profile(path: Path, root: Path) -> ClusterProfile:
@@ -162,22 +217,11 @@ def load_profile(path: Path, root: Path) -> ClusterProfile:
     shown = display_path(path, root)
     data = load_mapping(path, shown)
     try:
-        profile = ClusterProfile.model_validate(data)
+        profile = _PROFILE.validate_python(data)
     except ValidationError as err:
-        raise CatalogError(
-            problems_from_validation(err, shown, valid_fields(ClusterProfile))
-        ) from None
-    problems = []
+        raise CatalogError(problems_from_validation(err, shown, ClusterProfile)) from None
     if profile.name != path.stem:
-        problems.append(
-            Problem(shown, "name", f"is {profile.name!r} but the file is {path.name}; match them")
+        raise CatalogError(
+            [Problem(shown, "name", f"is {profile.name!r} but the file is {path.name}; match them")]
         )
-    if profile.scheduler == "pbspro":
-        for field in ("account", "queue"):
-            if not getattr(profile.provider, field):
-                problems.append(
-                    Problem(shown, f"provider.{field}", "is required for a PBS Pro cluster; set it")
-                )
-    if problems:
-        raise CatalogError(problems)
     return profile.resolve_paths(root)

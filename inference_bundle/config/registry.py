@@ -11,12 +11,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference_bundle.config.problems import (
-    CatalogError,
     Problem,
+    RegistryError,
     display_path,
     problems_from_validation,
 )
-from inference_bundle.config.profiles import valid_fields
 from inference_bundle.config.yamlfile import load_mapping
 
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -67,13 +66,15 @@ def load_registry(root: Path, cluster: str) -> Registry:
     path = registry_path(root, cluster)
     shown = display_path(path, root)
     if not path.exists():
-        raise CatalogError(
+        raise RegistryError(
             [Problem(shown, "(file)", f"missing; run `make deploy CLUSTER={cluster}` to create it")]
         )
     try:
-        registry = Registry.model_validate(load_mapping(path, shown))
+        registry = Registry.model_validate(load_mapping(path, shown, RegistryError))
     except ValidationError as err:
-        raise CatalogError(problems_from_validation(err, shown, valid_fields(Registry))) from None
+        raise RegistryError(problems_from_validation(err, shown, Registry)) from None
     if registry.cluster != cluster:
-        raise CatalogError([Problem(shown, "cluster", f"is {registry.cluster!r}, not {cluster!r}")])
+        raise RegistryError(
+            [Problem(shown, "cluster", f"is {registry.cluster!r}, not {cluster!r}")]
+        )
     return registry

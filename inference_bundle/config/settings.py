@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from inference_bundle.config.naming import IDLE_MARGIN_S
-from inference_bundle.config.problems import CatalogError, display_path, problems_from_validation
-from inference_bundle.config.profiles import valid_fields
+from inference_bundle.config.problems import SettingsError, display_path, problems_from_validation
 from inference_bundle.config.yamlfile import load_mapping
 
 
@@ -37,11 +37,32 @@ class GlobusAuthSettings(_Settings):
     )
 
 
-class AuthSettings(_Settings):
+class _AuthSettings(_Settings):
+    """Who may call the router; ``mode`` says how a caller proves who they are."""
+
     mode: Literal["keys", "globus"]
-    keys_file: str | None = Field(default=None, description="mode keys: hashed API keys")
-    globus: GlobusAuthSettings | None = None
     policy: dict[str, ClusterPolicy] = Field(default_factory=dict, description="per cluster")
+
+
+class KeysAuthSettings(_AuthSettings):
+    """API keys stored hashed in a file that `make deploy` writes."""
+
+    mode: Literal["keys"]
+    # Optional here: the router names this field when it starts without one, and a local
+    # deploy falls back to .state/router/api-keys.json.
+    keys_file: str | None = Field(default=None, description="hashed API keys")
+
+
+class GlobusModeAuthSettings(_AuthSettings):
+    """Globus Auth bearer tokens, introspected by the router's confidential client."""
+
+    mode: Literal["globus"]
+    globus: GlobusAuthSettings
+
+
+# The mode picks the section's shape: pydantic names a missing globus section or a
+# keys_file given to mode globus.
+AuthSettings = Annotated[KeysAuthSettings | GlobusModeAuthSettings, Field(discriminator="mode")]
 
 
 class ListenSettings(_Settings):
@@ -78,7 +99,7 @@ class DirectPathSettings(_Settings):
     )
 
 
-class RouterSettings(_Settings):
+class _RouterSettings(_Settings):
     """One router deployment."""
 
     clusters: list[str] = Field(min_length=1)
@@ -91,15 +112,37 @@ class RouterSettings(_Settings):
     log_prompts: bool = False
     auth: AuthSettings
     batches: BatchSettings = BatchSettings()
+
+
+class EngineRouterSettings(_RouterSettings):
+    """A router that runs each endpoint's engine in-process, beside the scheduler (no cloud)."""
+
+    executor: Literal["engine"]
     direct_path: DirectPathSettings = DirectPathSettings()
+
+
+class GlobusRouterSettings(_RouterSettings):
+    """A router that reaches each endpoint through the Globus Compute cloud."""
+
+    executor: Literal["globus"]
+
+
+# The executor picks the settings' shape: direct_path is for the engine executor only.
+RouterSettings = Annotated[
+    EngineRouterSettings | GlobusRouterSettings, Field(discriminator="executor")
+]
+_ROUTER_SETTINGS: TypeAdapter[RouterSettings] = TypeAdapter(RouterSettings)
+
+
+def parse_settings(data: Mapping[str, Any]) -> RouterSettings:
+    """Validate router settings given as data; raises pydantic's ValidationError."""
+    return _ROUTER_SETTINGS.validate_python(data)
 
 
 def load_settings(path: Path, root: Path) -> RouterSettings:
     """Load and validate router settings; problems name the file and the field."""
     shown = display_path(path, root)
     try:
-        return RouterSettings.model_validate(load_mapping(path, shown))
+        return parse_settings(load_mapping(path, shown, SettingsError))
     except ValidationError as err:
-        raise CatalogError(
-            problems_from_validation(err, shown, valid_fields(RouterSettings))
-        ) from None
+        raise SettingsError(problems_from_validation(err, shown, RouterSettings)) from None

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from inference_bundle.config.problems import CatalogError, Problem
+from inference_bundle.config.problems import CatalogError, ConfigError, Problem
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -32,19 +32,21 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_mapping(path: Path, shown_as: str) -> dict[str, Any]:
-    """Load one YAML file that must hold a mapping; raise CatalogError naming the file."""
+def load_mapping(
+    path: Path, shown_as: str, error: type[ConfigError] = CatalogError
+) -> dict[str, Any]:
+    """Load one YAML file that must hold a mapping; raise ``error`` naming the file."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise CatalogError([Problem(shown_as, where, f"invalid YAML: {err.problem}")]) from None
+        raise error([Problem(shown_as, where, f"invalid YAML: {err.problem}")]) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise CatalogError([Problem(shown_as, "(file)", f"cannot be read: {err}")]) from None
+        raise error([Problem(shown_as, "(file)", f"cannot be read: {err}")]) from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
-        raise CatalogError(
+        raise error(
             [Problem(shown_as, "(top level)", f"expected a mapping of fields, found {kind}")]
         )
     return data

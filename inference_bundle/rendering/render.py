@@ -80,11 +80,8 @@ def weights_locations(entry: CatalogEntry, profile: ClusterProfile) -> tuple[str
 
 
 def _jinja_free(profile: ClusterProfile, source: str) -> list[Problem]:
-    fields = {
-        "worker_init": profile.worker_init,
-        "provider.scheduler_options": profile.provider.scheduler_options,
-        "provider.select_options": profile.provider.select_options,
-    }
+    fields = {"worker_init": profile.worker_init}
+    fields |= {f"provider.{name}": text for name, text in profile.provider.free_text().items()}
     if profile.multi_node:
         fields["multi_node.hostnames"] = profile.multi_node.hostnames
         fields["multi_node.run_on_each_node"] = profile.multi_node.run_on_each_node
@@ -107,7 +104,8 @@ def _context(
     idle_timeout = ep.idle_timeout_s or profile.idle_timeout_s
     max_idletime = profile.batch_idle_timeout_s if batch else idle_timeout + IDLE_MARGIN_S
     weights, staged = weights_locations(entry, profile)
-    vllm = profile.runtimes.get("vllm")
+    # A model spanning nodes starts Ray with the ray of its own runtime's environment.
+    runtime = profile.runtimes.get(ep.framework)
     worker_init = env.get_template("worker_init.sh.j2").render(
         endpoint_name=name,
         site_init=profile.worker_init.strip(),
@@ -116,7 +114,7 @@ def _context(
         staged_weights=staged,
         nodes=ep.nodes,
         run_on_each_node=profile.multi_node.run_on_each_node if profile.multi_node else "",
-        vllm_python=vllm.python if vllm else "",
+        ray_python=runtime.python if runtime else "",
     )
     return {
         "source": entry.file,

@@ -8,46 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference_bundle.config.catalog import CatalogEntry, Endpoint
+from inference_bundle.config.catalog import CatalogEntry
+from inference_bundle.config.frameworks import FRAMEWORKS
 from inference_bundle.config.profiles import ClusterProfile
 from inference_bundle.rendering.render import weights_locations
 
 SPEC_VERSION = 1
-
-
-def vllm_flags(ep: Endpoint) -> list[str]:
-    """vLLM server flags for an endpoint's parallelism and server_args."""
-    args = ep.server_args
-    flags = ["--dtype", args.dtype]
-    if args.max_model_len:
-        flags += ["--max-model-len", str(args.max_model_len)]
-    if ep.tensor_parallel > 1:
-        flags += ["--tensor-parallel-size", str(ep.tensor_parallel)]
-    if ep.pipeline_parallel > 1:
-        flags += ["--pipeline-parallel-size", str(ep.pipeline_parallel)]
-    if ep.nodes > 1:
-        # The job's worker_init started a Ray cluster across the block's nodes.
-        flags += ["--distributed-executor-backend", "ray"]
-    if args.trust_remote_code:
-        flags.append("--trust-remote-code")
-    if args.tool_call_parser:
-        flags += ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
-    if args.reasoning_parser:
-        flags += ["--reasoning-parser", args.reasoning_parser]
-    if args.gpu_memory_utilization:
-        flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
-    return flags + list(args.extra)
-
-
-def infinity_flags(ep: Endpoint, on_gpu: bool) -> list[str]:
-    """Infinity server flags; token counts come from the tokenizer, as OpenAI reports them."""
-    flags = ["--engine", "torch", "--device", "cuda" if on_gpu else "cpu"]
-    flags += ["--dtype", ep.server_args.dtype, "--lengths-via-tokenize"]
-    if not ep.server_args.trust_remote_code:
-        flags.append("--no-trust-remote-code")
-    if not on_gpu:
-        flags.append("--no-model-warmup")
-    return flags + list(ep.server_args.extra)
 
 
 def server_spec(entry: CatalogEntry, profile: ClusterProfile) -> dict[str, Any]:
@@ -55,10 +21,7 @@ def server_spec(entry: CatalogEntry, profile: ClusterProfile) -> dict[str, Any]:
     ep = entry.endpoint
     runtime = profile.runtimes[ep.framework]
     weights, staged = weights_locations(entry, profile)
-    if ep.framework == "vllm":
-        args = vllm_flags(ep)
-    else:
-        args = infinity_flags(ep, on_gpu=profile.gpus_per_node > 0)
+    args = FRAMEWORKS[ep.framework].server_flags(ep, profile)
     return {
         "spec_version": SPEC_VERSION,
         "name": ep.name,

@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_bundle.config.catalog import Catalog, CatalogEntry
+from inference_bundle.config.frameworks import FRAMEWORKS, FrameworkInfo
 from inference_bundle.rendering.specs import server_spec
-from inference_bundle.router.errors import APIError
+from inference_bundle.router.errors import APIError, unknown_cluster
 
-FRAMEWORK_PATHS = {
-    "vllm": ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"),
-    "infinity": ("/v1/embeddings", "/v1/models"),
-}
+# The OpenAI paths each framework serves, by its name (a route's ``framework``).
+FRAMEWORK_PATHS: dict[str, tuple[str, ...]] = {name: f.paths for name, f in FRAMEWORKS.items()}
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,11 @@ class Route:
     @property
     def framework(self) -> str:
         return self.entry.endpoint.framework
+
+    @property
+    def framework_info(self) -> FrameworkInfo:
+        """What the route's framework serves and where users call it."""
+        return FRAMEWORKS[self.entry.endpoint.framework]
 
     @property
     def endpoint_name(self) -> str:
@@ -62,13 +66,12 @@ class RouteTable:
         return sorted(seen.values(), key=lambda r: (r.cluster, r.model))
 
     def lookup(self, model: str, cluster: str | None = None, framework: str | None = None) -> Route:
-        """The route for ``model``; raise an APIError a user can act on."""
+        """The route for ``model``; raise an APIError a user can act on.
+
+        ``framework`` is the URL segment the request came under, if any.
+        """
         if cluster is not None and cluster not in self._by_cluster:
-            raise APIError(
-                404,
-                f"Unknown cluster '{cluster}'. Clusters: {', '.join(self.clusters)}.",
-                code="cluster_not_found",
-            )
+            raise unknown_cluster(cluster, self.clusters)
         candidates = [
             self._by_cluster[c][model]
             for c in ([cluster] if cluster else self.clusters)
@@ -87,11 +90,11 @@ class RouteTable:
                 code="model_disabled",
             )
         route = enabled[0]
-        if framework is not None and route.framework != framework:
+        if framework is not None and route.framework_info.url_segment != framework:
             raise APIError(
                 400,
                 f"The model '{model}' is served by {route.framework}, not {framework}: use "
-                f"/resource_server/{route.cluster}/{route.framework}/v1.",
+                f"{route.framework_info.base_path(route.cluster)}.",
                 param="model",
                 code="wrong_framework",
             )

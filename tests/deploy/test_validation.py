@@ -223,3 +223,51 @@ def test_make_check_style_output(repo: Path, edit: Edit) -> None:
     assert lines[0] == f"{LLAMA8}: framework: must be 'vllm' or 'infinity' (got 'tgi')"
     assert lines[1].startswith(f"{LLAMA8}: tensor_parallel: TP 16")
     assert lines[2] == "2 problems found; nothing was written."
+
+
+# --- The scheduler picks the provider's shape ---------------------------------------------
+
+EXAMPLE_SLURM = "config/clusters/example-slurm.yaml"
+
+
+def test_a_slurm_field_under_a_pbs_profile(repo: Path, edit: Edit) -> None:
+    edit(SOPHIA, "  queue: by-node\n", "  queue: by-node\n  partition: gpu\n")
+    assert problems(repo) == [
+        f"{SOPHIA}: provider.partition: unknown field; valid fields here are: account, "
+        "cpus_per_node, launcher, queue, scheduler_options, select_options, walltime"
+    ]
+
+
+def test_a_pbs_field_under_a_slurm_profile(repo: Path, edit: Edit) -> None:
+    edit(EXAMPLE_SLURM, "  partition: gpu\n", "  partition: gpu\n  select_options: ngpus=4\n")
+    assert problems(repo, "example-slurm") == [
+        f"{EXAMPLE_SLURM}: provider.select_options: unknown field; valid fields here are: "
+        "account, cpus_per_node, exclusive, launcher, partition, scheduler_options, walltime"
+    ]
+
+
+def test_a_scheduler_field_under_the_local_profile(repo: Path, edit: Edit) -> None:
+    path = "config/clusters/local.yaml"
+    edit(path, "  launcher: SingleNodeLauncher\n", "  launcher: SingleNodeLauncher\n  account: x\n")
+    assert problems(repo, "local") == [
+        f"{path}: provider.account: unknown field; valid fields here are: launcher, walltime"
+    ]
+
+
+def test_an_empty_pbs_queue_is_a_missing_one(repo: Path, edit: Edit) -> None:
+    edit(SOPHIA, "queue: by-node", 'queue: ""')
+    assert problems(repo) == [
+        f"{SOPHIA}: provider.queue: is required for a PBS Pro cluster; set it"
+    ]
+
+
+def test_unknown_scheduler(repo: Path, edit: Edit) -> None:
+    edit(SOPHIA, "scheduler: pbspro", "scheduler: lsf")
+    assert problems(repo) == [
+        f"{SOPHIA}: scheduler: must be 'pbspro', 'slurm' or 'local' (got 'lsf')"
+    ]
+
+
+def test_missing_scheduler(repo: Path, edit: Edit) -> None:
+    edit(SOPHIA, "scheduler: pbspro\n", "")
+    assert problems(repo) == [f"{SOPHIA}: scheduler: required field is missing; add it"]

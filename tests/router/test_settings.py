@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.problems import CatalogError, ConfigError, SettingsError
 from inference_bundle.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def _write(tmp_path: Path, **changes: object) -> Path:
 
 def test_a_refresh_past_the_jobs_margin_names_the_file_and_field(tmp_path: Path) -> None:
     path = _write(tmp_path, direct_path={"enabled": True, "refresh_s": 500})
-    with pytest.raises(CatalogError) as caught:
+    with pytest.raises(SettingsError) as caught:
         load_settings(path, tmp_path)
     [problem] = caught.value.problems
     assert (problem.file, problem.field) == ("router.yaml", "direct_path.refresh_s")
@@ -56,3 +56,62 @@ def test_the_router_command_prints_the_problem_and_no_traceback(tmp_path: Path) 
     )
     assert ran.returncode == 1
     assert "direct_path.refresh" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def _problems(tmp_path: Path, **changes: object) -> list[tuple[str, str, str]]:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_write(tmp_path, **changes), tmp_path)
+    return [(p.file, p.field, p.message) for p in caught.value.problems]
+
+
+def test_direct_path_under_the_globus_executor_is_a_foreign_field(tmp_path: Path) -> None:
+    [(file, field, message)] = _problems(tmp_path, executor="globus")
+    assert (file, field) == ("router.yaml", "direct_path")
+    assert message == (
+        "unknown field; valid fields here are: auth, batches, clusters, executor, listen, "
+        "log_prompts, max_body_bytes, state_dir, wait_s"
+    )
+
+
+def test_mode_globus_names_a_keys_file_and_its_missing_section(tmp_path: Path) -> None:
+    assert _problems(tmp_path, auth={"mode": "globus", "keys_file": "k.json"}) == [
+        ("router.yaml", "auth.globus", "required field is missing; add it"),
+        (
+            "router.yaml",
+            "auth.keys_file",
+            "unknown field; valid fields here are: globus, mode, policy",
+        ),
+    ]
+
+
+def test_unknown_executor_and_mode_name_their_field(tmp_path: Path) -> None:
+    assert _problems(tmp_path, executor="lambda") == [
+        ("router.yaml", "executor", "must be 'engine' or 'globus' (got 'lambda')")
+    ]
+    assert _problems(tmp_path, auth={"mode": "tokens"}) == [
+        ("router.yaml", "auth.mode", "must be 'keys' or 'globus' (got 'tokens')")
+    ]
+    assert _problems(tmp_path, auth={"keys_file": "k.json"}) == [
+        ("router.yaml", "auth.mode", "required field is missing; add it")
+    ]
+
+
+def test_an_unknown_policy_field_lists_the_policy_fields(tmp_path: Path) -> None:
+    auth = {"mode": "keys", "keys_file": "k.json", "policy": {"local": {"domains": ["x"]}}}
+    assert _problems(tmp_path, auth=auth) == [
+        (
+            "router.yaml",
+            "auth.policy.local.domains",
+            "unknown field; valid fields here are: groups, identity_domains",
+        )
+    ]
+
+
+def test_a_settings_error_is_a_config_error_not_a_catalog_error(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("clusters: [local\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, tmp_path)
+    assert isinstance(caught.value, ConfigError) and not isinstance(caught.value, CatalogError)
+    [problem] = caught.value.problems
+    assert problem.file == "router.yaml" and "invalid YAML" in problem.message

@@ -1,0 +1,106 @@
+"""The serving frameworks, on the config side: what each serves and which server flags it takes.
+
+One entry per framework in ``FRAMEWORKS``; the catalog's rules, the server specs, the
+router's paths, rendering and the deploy printout all read it. A new framework is a name
+in ``Framework``, its flag builder and its entry here, plus its runtime in the profiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # the catalog and profiles import this module for its names
+    from inference_bundle.config.catalog import Endpoint
+    from inference_bundle.config.profiles import ClusterProfile
+
+Framework = Literal["vllm", "infinity"]
+Kind = Literal["chat", "vision", "embedding", "base"]
+
+
+@dataclass(frozen=True)
+class FrameworkInfo:
+    """One framework as the catalog, the specs and the router's URLs know it."""
+
+    name: Framework
+    label: str  # how a sentence for the operator names it
+    url_segment: str  # users call /resource_server/<cluster>/<url_segment>/v1/...
+    kinds: tuple[Kind, ...]  # the model kinds it may serve
+    paths: tuple[str, ...]  # the OpenAI paths it serves
+    server_args: frozenset[str]  # the catalog's server_args it takes
+    server_flags: Callable[[Endpoint, ClusterProfile], list[str]]
+
+    def base_path(self, cluster: str) -> str:
+        """The OpenAI base URL path users call for this framework on ``cluster``."""
+        return f"/resource_server/{cluster}/{self.url_segment}/v1"
+
+
+def vllm_flags(ep: Endpoint, profile: ClusterProfile) -> list[str]:
+    """vLLM server flags for an endpoint's parallelism and server_args."""
+    args = ep.server_args
+    flags = ["--dtype", args.dtype]
+    if args.max_model_len:
+        flags += ["--max-model-len", str(args.max_model_len)]
+    if ep.tensor_parallel > 1:
+        flags += ["--tensor-parallel-size", str(ep.tensor_parallel)]
+    if ep.pipeline_parallel > 1:
+        flags += ["--pipeline-parallel-size", str(ep.pipeline_parallel)]
+    if ep.nodes > 1:
+        # The job's worker_init started a Ray cluster across the block's nodes.
+        flags += ["--distributed-executor-backend", "ray"]
+    if args.trust_remote_code:
+        flags.append("--trust-remote-code")
+    if args.tool_call_parser:
+        flags += ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
+    if args.reasoning_parser:
+        flags += ["--reasoning-parser", args.reasoning_parser]
+    if args.gpu_memory_utilization:
+        flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    return flags + list(args.extra)
+
+
+def infinity_flags(ep: Endpoint, profile: ClusterProfile) -> list[str]:
+    """Infinity server flags; token counts come from the tokenizer, as OpenAI reports them."""
+    on_gpu = profile.gpus_per_node > 0
+    flags = ["--engine", "torch", "--device", "cuda" if on_gpu else "cpu"]
+    flags += ["--dtype", ep.server_args.dtype, "--lengths-via-tokenize"]
+    if not ep.server_args.trust_remote_code:
+        flags.append("--no-trust-remote-code")
+    if not on_gpu:
+        flags.append("--no-model-warmup")
+    return flags + list(ep.server_args.extra)
+
+
+FRAMEWORKS: dict[Framework, FrameworkInfo] = {
+    "vllm": FrameworkInfo(
+        name="vllm",
+        label="vLLM",
+        url_segment="vllm",
+        kinds=("chat", "vision", "embedding", "base"),
+        paths=("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"),
+        server_args=frozenset(
+            {
+                "max_model_len",
+                "dtype",
+                "trust_remote_code",
+                "tool_call_parser",
+                "reasoning_parser",
+                "gpu_memory_utilization",
+                "extra",
+            }
+        ),
+        server_flags=vllm_flags,
+    ),
+    "infinity": FrameworkInfo(
+        name="infinity",
+        label="Infinity",
+        url_segment="infinity",
+        kinds=("embedding",),
+        paths=("/v1/embeddings", "/v1/models"),
+        # max_model_len has always been accepted here (and not passed): kept so that no
+        # catalog that loads today stops loading.
+        server_args=frozenset({"max_model_len", "dtype", "trust_remote_code", "extra"}),
+        server_flags=infinity_flags,
+    ),
+}
