@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import uvicorn
 
-from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import AuthConfigError
@@ -27,7 +27,7 @@ def main(config: Path, root: Path) -> None:
     try:
         settings = load_settings(config, root)
         service = build_service(settings, root)
-    except CatalogError as err:
+    except ConfigError as err:
         for problem in err.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)

@@ -37,3 +37,12 @@ class APIError(Exception):
         }
         error.update(self.extra)
         return {"error": error}
+
+
+def unknown_cluster(cluster: str, clusters: list[str]) -> APIError:
+    """The 404 for a URL that names a cluster this router does not serve."""
+    return APIError(
+        404,
+        f"Unknown cluster '{cluster}'. Clusters: {', '.join(clusters)}.",
+        code="cluster_not_found",
+    )

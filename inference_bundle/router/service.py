@@ -14,8 +14,8 @@ from inference_bundle.config.naming import jobs_endpoint_name
 from inference_bundle.config.registry import load_registry
 from inference_bundle.config.settings import RouterSettings
 from inference_bundle.router.auth import AuthConfigError, Authenticator, build_authenticator
-from inference_bundle.router.batches.api import BatchService
 from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
+from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.direct import DirectPath
 from inference_bundle.router.dispatch import Dispatcher
@@ -150,9 +150,10 @@ def _batch_service(
 
 def _check_groups(settings: RouterSettings, table: RouteTable) -> None:
     """In globus mode every group an endpoint names needs a Globus id, or nobody passes."""
-    if settings.auth.globus is None:
+    auth = settings.auth
+    if auth.mode != "globus":
         return
-    known = settings.auth.globus.groups
+    known = auth.globus.groups
     unknown = sorted(
         f"{route.entry.file} names group {group!r}"
         for route in table.routes()

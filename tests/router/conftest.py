@@ -7,6 +7,7 @@ Infinity is exercised in the slow tier (test_openai_e2e.py).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import node_runtime.batch
 import pytest
 
-from inference_bundle.config.settings import RouterSettings
+from inference_bundle.config.settings import RouterSettings, parse_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import create_api_key
 from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService, build_service
+from tests.router.batch_fakes import FakeModel, ThreadJob
 
 ROOT = Path(__file__).resolve().parents[2]
 Handler = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -122,7 +125,7 @@ def settings(tmp_path: Path, **changes: Any) -> RouterSettings:
         "auth": {"mode": "keys", "keys_file": str(tmp_path / "keys.json")},
     }
     data.update(changes)
-    return RouterSettings.model_validate(data)
+    return parse_settings(data)
 
 
 @pytest.fixture
@@ -144,6 +147,41 @@ def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         return harness
 
     yield make
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModel]:
+    server = FakeModel()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    @contextlib.contextmanager
+    def use_server(spec: Any) -> Iterator[Any]:
+        yield node_runtime.ServerHandle(server.server_address[1], "fake", False, 0.0, "")
+
+    monkeypatch.setattr(node_runtime.batch, "use_server", use_server)
+    yield server
+    server.gate.set()
+    server.shutdown()
+
+
+@pytest.fixture
+async def batches(
+    make_harness: Callable[..., Harness], tmp_path: Path, model: FakeModel
+) -> AsyncIterator[Harness]:
+    h = make_harness()
+    svc = h.service.batches
+    paths = svc.profiles["local"].paths.model_copy(
+        update={
+            "batch_input_roots": [str(tmp_path / "in")],
+            "batch_output_root": str(tmp_path / "out"),
+        }
+    )
+    svc.profiles["local"] = svc.profiles["local"].model_copy(update={"paths": paths})
+    job = ThreadJob()
+    svc.runner.executor_for = lambda route: job
+    (tmp_path / "in").mkdir()
+    async with h.client:
+        yield h
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference_bundle.config.settings import RouterSettings
+from inference_bundle.config.settings import parse_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.service import build_service
@@ -41,7 +41,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGlobusAuth]:
 
 @pytest.fixture
 async def client(fake: FakeGlobusAuth, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = RouterSettings.model_validate(
+    settings = parse_settings(
         {
             "clusters": ["sophia"],
             "executor": "engine",

@@ -27,7 +27,8 @@ from tests.e2e_router import (
     stop_servers,
 )
 
-pytestmark = pytest.mark.slow
+# The restart test waits for a cold batch twice (COLD_S each) and starts two routers.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 GUIDE = "/resource_server/local/vllm/v1/batches"
 # A cold batch starts an engine and a vLLM server on a loaded CPU: minutes, not seconds.
 COLD_S = 600

@@ -13,6 +13,8 @@ from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.engine import EngineExecutor
 
 ROOT = Path(__file__).resolve().parents[2]
+# The module's engine starts its interchange and a block before the first call (120 s).
+pytestmark = pytest.mark.timeout(600)
 
 
 def where_am_i(label: str) -> dict[str, str]:

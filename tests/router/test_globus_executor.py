@@ -22,9 +22,9 @@ from globus_compute_sdk import Executor as SDKExecutor
 from globus_compute_sdk.errors import TaskExecutionFailed
 
 from inference_bundle.config.catalog import load_catalog
-from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.problems import RegistryError
 from inference_bundle.config.registry import Registry
-from inference_bundle.config.settings import RouterSettings
+from inference_bundle.config.settings import RouterSettings, parse_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import create_api_key
 from inference_bundle.router.errors import APIError
@@ -147,7 +147,7 @@ def scratch_root(tmp_path: Path, with_registry: bool) -> Path:
 
 
 def globus_settings(tmp_path: Path) -> RouterSettings:
-    return RouterSettings.model_validate(
+    return parse_settings(
         {
             "clusters": ["sophia"],
             "executor": "globus",
@@ -160,7 +160,7 @@ def globus_settings(tmp_path: Path) -> RouterSettings:
 def test_missing_registry_names_the_file(tmp_path: Path) -> None:
     create_api_key(tmp_path / "keys.json", "alice@anl.gov")
     root = scratch_root(tmp_path, with_registry=False)
-    with pytest.raises(CatalogError) as caught:
+    with pytest.raises(RegistryError) as caught:
         build_service(globus_settings(tmp_path), root, sdk_executor=RecordingSDKExecutor)
     [problem] = [str(p) for p in caught.value.problems]
     assert problem == (

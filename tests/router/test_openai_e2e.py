@@ -22,7 +22,8 @@ from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
 from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
-pytestmark = pytest.mark.slow
+# The session's router starts vLLM and Infinity on first use (up to its wait_s, 300 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture

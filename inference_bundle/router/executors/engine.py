@@ -33,7 +33,7 @@ class EngineExecutor:
 
     def __init__(self, endpoint_dir: Path, run_dir: Path) -> None:
         if shutil.which("globus-compute-endpoint") is None:
-            # The engine starts its interchange and workers through PATH (FACTS.md).
+            # The engine starts its interchange and workers through PATH (python-exec).
             os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.name = endpoint_dir.name
         self.serializer = ComputeSerializer(strategy_code=PureSourceTextInspect())
