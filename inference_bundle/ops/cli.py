@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 import sys
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import click
-import yaml
 
-from inference_bundle.config.catalog import Catalog, load_all, load_catalog
-from inference_bundle.config.problems import CatalogError
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.config.problems import ConfigError
+from inference_bundle.config.settings import load_settings
 from inference_bundle.rendering.render import render_catalog, write_rendered
-from inference_bundle.rendering.verify import load_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _fail(err: CatalogError) -> None:
+def _fail(err: ConfigError) -> None:
     for problem in err.problems:
         click.echo(str(problem), err=True)
     count = len(err.problems)
@@ -45,38 +41,15 @@ def main(ctx: click.Context, root: Path) -> None:
 @click.pass_obj
 def check(root: Path) -> None:
     """Validate every cluster's catalog and load every rendered endpoint; write nothing."""
-    try:
-        catalogs = load_all(root)
-    except CatalogError as err:
-        _fail(err)
-    with tempfile.TemporaryDirectory(prefix="bundle-check-") as scratch:
-        for catalog in catalogs:
-            _check_loads(catalog, root, Path(scratch))
-    total = sum(len(c.entries) for c in catalogs)
-    click.echo(f"catalog OK: {len(catalogs)} clusters, {total} endpoint files")
+    from inference_bundle.ops.catalog_check import EndpointLoadError, check_catalogs
 
-
-def _check_loads(catalog: Catalog, root: Path, scratch: Path) -> None:
-    interface = catalog.profile.network_interface
-    if interface and interface not in {name for _, name in socket.if_nameindex()}:
-        # Parsl resolves the interface while loading; this host is not on that network.
-        click.echo(
-            f"{catalog.cluster}: interface {interface} is not on this host; loaded without it"
-        )
-        profile = catalog.profile.model_copy(update={"network_interface": None})
-        catalog = replace(catalog, profile=profile)
     try:
-        rendered = render_catalog(catalog, root / "templates")
-    except CatalogError as err:
+        check_catalogs(root, say=click.echo)
+    except ConfigError as err:
         _fail(err)
-    for endpoint in rendered:
-        try:
-            config = load_rendered(endpoint, scratch / catalog.cluster)
-        except Exception as err:  # the loader raises click, jinja2, jsonschema and YAML errors
-            click.echo(f"{catalog.cluster}/{endpoint.name}: does not load: {err}", err=True)
-            sys.exit(1)
-        config.engine.shutdown()
-    click.echo(f"{catalog.cluster}: {len(rendered)} endpoint configs load")
+    except EndpointLoadError as err:
+        click.echo(str(err), err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -96,7 +69,7 @@ def render(root: Path, cluster: str, out: Path) -> None:
     try:
         catalog = load_catalog(root, cluster)
         rendered = render_catalog(catalog, root / "templates")
-    except CatalogError as err:
+    except ConfigError as err:
         _fail(err)
     target = out if out.is_absolute() else root / out
     write_rendered(rendered, target / cluster)
@@ -108,7 +81,7 @@ def _router_executor(root: Path, cluster: str) -> str:
     path = root / "config" / "router" / f"{cluster}.yaml"
     if not path.exists():
         return "globus"
-    return str(yaml.safe_load(path.read_text()).get("executor", "globus"))
+    return load_settings(path, root).executor
 
 
 @main.command()
@@ -147,15 +120,15 @@ def deploy(
     """
     from inference_bundle.ops import local, site
 
-    chosen = executor or _router_executor(root, cluster)
     try:
+        chosen = executor or _router_executor(root, cluster)
         if chosen == "engine":
             local.deploy(root, cluster, port, say=click.echo)
         else:
             site.deploy_site(
                 root, cluster, dry_run=dry_run, endpoints_dir=endpoints_dir, say=click.echo
             )
-    except CatalogError as err:
+    except ConfigError as err:
         _fail(err)
     except (local.DeployError, site.SiteDeployError) as err:
         click.echo(f"make deploy CLUSTER={cluster}: {err}", err=True)
@@ -178,9 +151,9 @@ def stop(root: Path) -> None:
 @click.pass_obj
 def status(root: Path, cluster: str) -> None:
     """Every endpoint with its state, job and last use (make status)."""
-    from inference_bundle.ops import local
+    from inference_bundle.ops.status import print_status
 
     try:
-        local.status(root, cluster, say=click.echo)
-    except CatalogError as err:
+        print_status(root, cluster, say=click.echo)
+    except ConfigError as err:
         _fail(err)

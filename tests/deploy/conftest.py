@@ -1,4 +1,4 @@
-"""Fixtures for the catalog and rendering tests: a scratch copy of the repository's data."""
+"""Fixtures for the deploy tests: a scratch copy of the repository's data, site fakes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.deploy.site_fakes import Fakes, make_fakes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +33,9 @@ def edit(repo: Path) -> Callable[[str, str, str], Path]:
         return path
 
     return replace
+
+
+@pytest.fixture
+def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    """A scratch repository with a trimmed Sophia catalog and a fake endpoint environment."""
+    return make_fakes(tmp_path, monkeypatch)

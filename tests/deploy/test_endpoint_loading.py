@@ -79,7 +79,7 @@ def test_every_endpoint_loads_with_its_provider(cluster: str, tmp_path: Path) ->
 
 
 def test_sophia_facts(tmp_path: Path) -> None:
-    """The settings the ALCF deployment runs Sophia with (FACTS.md)."""
+    """The settings the ALCF deployment runs Sophia with (docs/platform-notes.md)."""
     _, rendered = endpoints("sophia")
     by_name = {e.name: e for e in rendered}
     for config in loaded(by_name["sophia-meta-llama-3-1-405b-instruct"], tmp_path):

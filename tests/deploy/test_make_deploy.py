@@ -19,7 +19,8 @@ import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# The first test includes `make deploy` from a clean copy (its own limit: 900 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def clean_copy(target: Path) -> Path:

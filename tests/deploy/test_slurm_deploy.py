@@ -17,7 +17,8 @@ import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# The first test includes the local Slurm's start and `bundle deploy` (its own limit: 900 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def bundle(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,59 @@
+"""`make status` for a local deployment: every endpoint with its state, job and last use."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from inference_bundle.config.catalog import load_catalog
+from inference_bundle.config.settings import load_settings
+from inference_bundle.ops.local_run import LocalDeployment, Say, read_or_empty
+from inference_bundle.ops.router_client import RouterClient
+
+
+def print_status(root: Path, cluster: str, say: Say = print) -> None:
+    """Every endpoint of a local deployment with its state, job and last use, as a table."""
+    run = LocalDeployment(root, cluster)
+    catalog = load_catalog(root, cluster)
+    pid = run.router_pid()
+    if pid is None or not run.settings_file.exists():
+        say(f"{cluster}: the router is not running (make deploy CLUSTER={cluster} starts it).")
+        models: dict[str, dict[str, Any]] = {}
+        jobs: dict[str, Any] = {"running": [], "queued": [], "others": []}
+    else:
+        settings = load_settings(run.settings_file, root)
+        url = f"http://{settings.listen.host}:{settings.listen.port}"
+        router = RouterClient(url, read_or_empty(run.key_file))
+        listing = router.get("/resource_server/list-endpoints")
+        frameworks = listing["clusters"].get(cluster, {}).get("frameworks", {})
+        models = {m["id"]: m for f in frameworks.values() for m in f["models"]}
+        jobs = router.get(f"/resource_server/{cluster}/jobs")
+        say(f"{cluster}: router pid {pid} at {url}")
+    by_model = {j["model"]: j for group in jobs.values() if isinstance(group, list) for j in group}
+    rows = [("ENDPOINT", "MODEL", "FRAMEWORK", "STATE", "JOB", "LAST USE")]
+    for entry in catalog.entries:
+        name = entry.endpoint.name
+        state = models.get(name, {}).get("state", "disabled" if not entry.endpoint.enabled else "-")
+        job = by_model.get(name, {})
+        rows.append(
+            (
+                entry.endpoint_name,
+                name,
+                entry.endpoint.framework,
+                job.get("model_status") or state,
+                str(job.get("job_id") or ("this host" if job else "-")),
+                _last_use(job),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _last_use(job: dict[str, Any]) -> str:
+    if not job.get("last_used"):
+        return "-"
+    used = datetime.fromisoformat(job["last_used"]).timestamp()
+    return f"{time.time() - used:.0f} s ago"
