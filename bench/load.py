@@ -1,7 +1,7 @@
 """The benchmark's client: sequential latency and concurrent throughput, paths interleaved.
 
 Runs in its own venv (.venvs/bench, aiohttp): an httpx client tops out near 250 requests/s
-on this machine and would be the bottleneck; aiohttp reaches about 860 (FACTS.md).
+on this machine and would be the bottleneck; aiohttp reaches about 860.
 
     .venvs/bench/bin/python bench/load.py < plan.json > samples.json
 

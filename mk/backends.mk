@@ -1,6 +1,7 @@
 # Real model servers for the node runtime's tests: vLLM (CPU build) and Infinity, each in
 # its own virtual environment (their transformers/numpy pins conflict), plus the tiny chat
-# model the vLLM tests serve. Pins and the post-install clean-up follow shared/design/FACTS.md.
+# model the vLLM tests serve. Why these pins and this clean-up: docs/platform-notes.md,
+# "vLLM on CPU" and "Infinity".
 # Each stamp file names its pins, so changing a pin rebuilds that environment.
 
 VENVS := .venvs

@@ -3,7 +3,7 @@
 # --profile), vllm-router (Rust, from PyPI), the LiteLLM proxy, and Debian's nginx-light.
 # The script itself runs in the bundle's venv (it starts the router and reads the runtime's
 # state). Not part of `make test`: nothing here goes into TEST_PREREQS.
-# Pins follow shared/design/FACTS.md ("Peers to measure against").
+# Pins and figures: docs/platform-notes.md ("Peers to measure against").
 
 BENCH_VENV := $(VENVS)/bench
 VLLM_ROUTER_VENV := $(VENVS)/vllm-router

@@ -15,6 +15,36 @@ from tests.e2e_router import RunningRouter, scratch_root, start_router, stop_rou
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
+# Session fixtures (routers, model servers, engines, the local Slurm) are torn down in the
+# last test's teardown, which pytest-timeout counts in that test's limit.
+SESSION_TEARDOWN_S = 600
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected, so items[-1] is the last to run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give the last test the time to stop what the slow tests started for the session."""
+    if not items or not any(item.get_closest_marker("slow") for item in items):
+        return
+    last = items[-1]
+    marker = last.get_closest_marker("timeout")
+    if marker is not None:
+        limit = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0))
+    else:
+        limit = _default_timeout(config)
+    if limit > 0:  # 0: no limit at all, which stays so
+        last.add_marker(pytest.mark.timeout(limit + SESSION_TEARDOWN_S), append=False)
+
+
+def _default_timeout(config: pytest.Config) -> float:
+    """A test's limit without a timeout mark, looked up as pytest-timeout does."""
+    for value in (
+        config.getoption("timeout"),
+        os.environ.get("PYTEST_TIMEOUT"),
+        config.getini("timeout"),
+    ):
+        if value not in (None, ""):
+            return float(value)
+    return 0.0
 
 
 @pytest.fixture(scope="session")

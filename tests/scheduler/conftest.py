@@ -33,7 +33,7 @@ def _prepend_path(directory: Path | str) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def venv_on_path() -> None:
-    """The engine starts its interchange and workers through PATH (FACTS.md)."""
+    """The engine starts its interchange and workers through PATH (python-exec)."""
     _prepend_path(Path(sys.executable).parent)
 
 

@@ -18,7 +18,8 @@ from node_runtime.jobs import list_bundle_jobs
 from .conftest import MODEL, ROOT
 from .engines import EngineRun, TaskFailed
 
-pytestmark = pytest.mark.slow
+# A test may start an engine, its scheduler's block, and vLLM inside it (up to 180 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TINY_MODEL = ROOT / ".state" / "models" / "tiny-llama"
 VLLM_PYTHON = ROOT / ".venvs" / "vllm" / "bin" / "python"

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from node_runtime.jobs import list_jobs
 
-pytestmark = pytest.mark.slow
+# The first test includes the local Slurm's start.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ENDPOINT = f"local-demo{os.getpid()}"  # test sessions at once share the local Slurm
 ENDPOINTS = {ENDPOINT: "demo-model"}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,3 +59,32 @@ def login(fake: FakeGlobusAuth, tokens_file: Path) -> Login:
         return said
 
     return run
+
+
+def login_url(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The authorize URL the helper prints first; fails if none comes within timeout_s."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        # readline blocks, so it runs in a thread and the test waits on the queue with a
+        # deadline; it stops at the URL, leaving the rest of stdout to communicate().
+        while line := stdout.readline():
+            lines.put(line)
+            if line.strip().startswith("http"):
+                return
+        lines.put("")  # end of output
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    url = ""
+    while not url:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            process.kill()
+            pytest.fail(f"no login URL within {timeout_s:.0f} s: {process.communicate()}")
+        assert line, process.communicate()
+        url = line.strip() if line.strip().startswith("http") else ""
+    return url

@@ -20,7 +20,8 @@ import pytest
 from tests.e2e_router import TINY, RunningRouter
 from tests.token_helper.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+# The session's router may start vLLM here; the script itself may take up to 600 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # Copied from the guide ("Chat Completions Curl Example"), unchanged.
 GUIDE_CHAT_CURL = """#!/bin/bash

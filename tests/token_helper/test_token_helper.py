@@ -17,9 +17,9 @@ import yaml
 from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 
 import inference_auth_token as helper
-from inference_bundle.ops.local import LocalDeployment
+from inference_bundle.ops.local_run import LocalDeployment
 from tests.router.fake_globus_auth import FakeGlobusAuth
-from tests.token_helper.conftest import ROOT, SOPHIA, Login
+from tests.token_helper.conftest import ROOT, SOPHIA, Login, login_url
 
 SCRIPT = ROOT / "inference_auth_token.py"
 GATEWAY = SOPHIA.resource_server
@@ -62,11 +62,7 @@ def test_authenticate_exchanges_the_code_from_stdin(
         text=True,
     )
     assert process.stdout is not None and process.stdin is not None
-    url = ""
-    while not url:
-        line = process.stdout.readline()
-        assert line, process.communicate()
-        url = line.strip() if line.strip().startswith("http") else ""
+    url = login_url(process, timeout_s=60)
     query = parse_qs(urlsplit(url).query)
     assert query["client_id"] == [SOPHIA.client_id]
     assert SOPHIA.scope in query["scope"][0].split()
