@@ -113,9 +113,9 @@ def stop_router(router: RunningRouter) -> None:
 
 
 def stop_servers(root: Path) -> None:
-    """Stop every model server that routers over this root started."""
+    """Stop every model server that routers over this root started (batch ones too)."""
     catalog = load_catalog(root, "local")
     for entry in catalog.entries:
-        node_runtime.stop_server(
-            node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
-        )
+        spec = server_spec(entry, catalog.profile)
+        for role in ("interactive", "batch"):
+            node_runtime.stop_server(node_runtime.ServerSpec.from_dict({**spec, "role": role}))

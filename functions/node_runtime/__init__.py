@@ -1,6 +1,6 @@
 """Node runtime: what runs on a compute node inside a Globus Compute worker.
 
-It starts one vLLM or Infinity server per model and node, forwards OpenAI-style requests
+It starts one vLLM or Infinity server per model, role and node, forwards OpenAI-style requests
 to it on 127.0.0.1, and stops it once idle. It reads no catalog: everything arrives as
 arguments. Standard library only, so that it installs into any cluster environment.
 
@@ -33,7 +33,11 @@ Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refuse
      "state_dir": "/node/local/path",         # lock, state, logs: <state_dir>/<host>/<model>/
      # optional additions to the shape (defaults shown):
      "request_timeout_s": 600,                # bounds the connect and each read
-     "stop_grace_s": 10}                      # SIGTERM, then SIGKILL after this
+     "stop_grace_s": 10,                      # SIGTERM, then SIGKILL after this
+     "role": "interactive"}                   # or "batch": a server of its own (runtime 0.2)
+
+A batch job (``node_runtime.batch.run_batch``) always uses role "batch": its own server,
+folder, lock and port, never the interactive server of the same model on the same host.
 
 A change to name, framework, task, weights, args, env, python or port restarts the server;
 the timeouts are updated in place. The server inherits the calling worker's environment
@@ -60,14 +64,17 @@ A backend error keeps its status and OpenAI error body; no answer at all becomes
 Idle teardown: each request holds a shared lock on an in-flight marker and stamps a last-use
 file; a detached watchdog process per server (it survives Parsl worker restarts) stops the
 server's process group (TERM, then KILL after stop_grace_s) once no request is in flight and
-either idle_timeout_s has passed or the parent of the last caller (the Parsl manager, i.e.
-the scheduler job) is gone. See ``node_runtime.watchdog``.
+either idle_timeout_s has passed or the parents of all its callers (the Parsl managers, i.e.
+the scheduler jobs that used it) are gone. See ``node_runtime.watchdog``.
 
 A server that fails to start raises ``ServerStartError`` with the log's last lines; an
 invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 """
 
-__version__ = "0.1.0"
+# Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
+# of their own, batches that restart a dead server): the router checks it on every call, and
+# a deploy installs the runtime into a site's environment only when this differs.
+__version__ = "0.2.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402

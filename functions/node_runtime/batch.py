@@ -5,27 +5,40 @@ no output on one invalid line, and writes its output once, at the end; so the jo
 model's server (``use_server``) and sends it the file with bounded concurrency. Each answer
 is appended to the output file as it comes (one flushed line), failures to the error file;
 custom_ids already in either file are skipped, so a job cut by its walltime resumes where it
-stopped. Files next to the output:
+stopped. Every file is in the batch's own folder (``node_runtime.batch_files``); when the
+user named an ``output_file_path``, the results are copied there once the batch ends.
 
-- ``<output>.progress.json``: {"total", "completed", "failed", "state", "updated_at"},
-  rewritten atomically while the job runs (the router reads it for status);
-- ``<output>.cancel``: when it appears, no new request is sent; those in flight finish;
-- ``<output>.lock``: held while a job runs, so that two jobs never feed one output.
+The server is the batch's own (role "batch": never the interactive server of the model on
+the same host, which a batch job's end would otherwise stop). Only answers (an HTTP status
+and a body) are written: a line the server never answered (it died, refused or reset the
+connection, or went silent) is fed again once ``use_server`` has started it again, at most
+``_MAX_RESTARTS`` times per job; the model is sent by its served name, and the answer
+names it as the line did (a line may use an alias).
 """
 
-import contextlib
 import fcntl
 import http.client
 import json
 import os
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, backend
+from .batch_files import (
+    ERRORS,
+    OUTPUT,
+    Results,
+    answered_ids,
+    cancelled,
+    hold_lock,
+    input_lines,
+    private_dir,
+    publish,
+)
 from .server import use_server
 from .spec import ServerSpec
 from .states import FeedState
@@ -34,16 +47,17 @@ from .states import FeedState
 def run_batch(
     expected_runtime_version: str,
     spec: dict[str, object],
-    input_path: str,
-    output_path: str,
-    error_path: str,
+    batch_dir: str,
     concurrency: int,
+    publish_to: str | None = None,
 ) -> dict[str, object]:
-    """Run one batch file on this node (the registered entry point; source-serialized).
+    """Run one batch (its folder, see batch_files) on this node (the registered entry point).
 
-    Returns {"runtime_version", "total", "completed", "failed", "skipped", "state"}, state
-    "completed" or "cancelled". Raises RuntimeError, before anything starts, if the
-    installed runtime is not expected_runtime_version.
+    Returns {"runtime_version", "total", "completed", "failed", "skipped", "state",
+    "publish_error"}, state "completed" or "cancelled"; publish_error is why the results
+    could not be copied to ``publish_to`` (None when they were, or none was asked). Raises
+    RuntimeError, before anything starts, if the installed runtime is not
+    expected_runtime_version.
     """
     import node_runtime
     import node_runtime.batch
@@ -55,139 +69,71 @@ def run_batch(
             f"{node_runtime.__version__} ({node_runtime.__file__}); install the matching "
             "version into the cluster environment (make deploy) or re-register the functions"
         )
-    return node_runtime.batch.feed(spec, input_path, output_path, error_path, concurrency)
+    return node_runtime.batch.feed(spec, batch_dir, concurrency, publish_to)
 
 
-_PROGRESS_EVERY_S = 0.5
 _STOP = object()
 
 
-def progress_path(output_path: str) -> str:
-    return output_path + ".progress.json"
+def _requests(dir_fd: int, skip: set[str]) -> Iterator[dict[str, Any]]:
+    for raw in input_lines(dir_fd):
+        line = json.loads(raw)
+        if line["custom_id"] not in skip:
+            yield line
 
 
-def cancel_path(output_path: str) -> str:
-    return output_path + ".cancel"
+def _count_requests(dir_fd: int) -> int:
+    return sum(1 for _ in input_lines(dir_fd))
 
 
-def read_progress(output_path: str) -> dict[str, Any] | None:
-    """The job's last progress record, or None before it wrote one."""
-    try:
-        with open(progress_path(output_path)) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+class BackendLost(RuntimeError):
+    """The model server kept dying (or not answering) mid-file; the unanswered lines remain."""
 
 
-def answered_ids(path: str) -> set[str]:
-    """custom_ids in a result file; a torn last line (a cut job) is cut off first."""
-    if not os.path.exists(path):
-        return set()
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
-            data = data[:keep]
-    ids: set[str] = set()
-    for raw in data.splitlines():
-        with contextlib.suppress(ValueError):
-            line = json.loads(raw)
-            if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-                ids.add(line["custom_id"])
-    return ids
+class _NoAnswer(Exception):
+    """A line got no HTTP answer (the server is gone or silent): it is fed again later."""
 
 
-class _Results:
-    """The output and error files, appended line by line, and the progress counts."""
-
-    def __init__(self, output_path: str, error_path: str, total: int) -> None:
-        self.output_path = output_path
-        self.lock = threading.Lock()
-        self.output = open(output_path, "a")  # noqa: SIM115 - closed in close()
-        self.errors = open(error_path, "a")  # noqa: SIM115
-        self.total = total
-        self.completed, self.failed = self._counts(output_path, error_path)
-        self.state = FeedState.RUNNING
-        self.written_at = 0.0
-
-    @staticmethod
-    def _counts(output_path: str, error_path: str) -> tuple[int, int]:
-        def count(path: str) -> int:
-            with open(path, "rb") as handle:
-                return sum(1 for raw in handle if raw.strip())
-
-        return count(output_path), count(error_path)
-
-    def add(self, line: dict[str, Any], ok: bool) -> None:
-        text = json.dumps(line) + "\n"
-        with self.lock:
-            target = self.output if ok else self.errors
-            target.write(text)
-            target.flush()
-            if ok:
-                self.completed += 1
-            else:
-                self.failed += 1
-            if time.monotonic() - self.written_at >= _PROGRESS_EVERY_S:
-                self.write_progress()
-
-    def write_progress(self) -> None:
-        record = {
-            "total": self.total,
-            "completed": self.completed,
-            "failed": self.failed,
-            "state": self.state,
-            "updated_at": time.time(),
-        }
-        target = progress_path(self.output_path)
-        temporary = f"{target}.{os.getpid()}.tmp"
-        with open(temporary, "w") as handle:
-            json.dump(record, handle)
-        os.replace(temporary, target)
-        self.written_at = time.monotonic()
-
-    def close(self) -> None:
-        with self.lock:
-            self.write_progress()
-            self.output.close()
-            self.errors.close()
+# Starts of the server after the first, per job, before the batch fails (each is a cold
+# start); a resume (the job submitted again) gets as many again.
+_MAX_RESTARTS = 3
 
 
-def _requests(input_path: str, skip: set[str]) -> Iterator[dict[str, Any]]:
-    with open(input_path, "rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                line = json.loads(raw)
-                if line["custom_id"] not in skip:
-                    yield line
+@dataclass
+class _Round:
+    """How one pass over the file with one server ended."""
+
+    cancelled: bool = False
+    lost: str | None = None  # why lines got no answer, if some did
 
 
-def _count_requests(input_path: str) -> int:
-    with open(input_path, "rb") as handle:
-        return sum(1 for raw in handle if raw.strip())
+def _answer(
+    port: int, line: dict[str, Any], served: str, timeout_s: float
+) -> tuple[dict[str, Any], bool]:
+    """The result line for a line the server answered; raises _NoAnswer if it did not.
 
-
-def _answer(port: int, line: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], bool]:
-    request_id = f"batch_req_{uuid.uuid4().hex[:24]}"
-    result: dict[str, Any] = {"id": request_id, "custom_id": line["custom_id"]}
+    The server is sent its own served name (a line may ask for an alias of the model); the
+    recorded answer names the model as the line asked for it.
+    """
+    asked = line["body"].get("model")
+    body = {**line["body"], "model": served}
     try:
         try:
-            status, body = backend.call(port, "POST", line["url"], line["body"], timeout_s)
+            status, answer = backend.call(port, "POST", line["url"], body, timeout_s)
         except (ConnectionError, http.client.RemoteDisconnected):
-            # a dropped connection: once more on a fresh one before calling it a failure
+            # a dropped connection: once more on a fresh one before deciding the server is gone
             backend.drop_connection(port)
-            status, body = backend.call(port, "POST", line["url"], line["body"], timeout_s)
+            status, answer = backend.call(port, "POST", line["url"], body, timeout_s)
     except (OSError, http.client.HTTPException) as err:
         backend.drop_connection(port)
-        result |= {
-            "response": None,
-            "error": {"code": "server_unreachable", "message": f"{type(err).__name__}: {err}"},
-        }
-        return result, False
-    result |= {
-        "response": {"status_code": status, "request_id": request_id, "body": body},
+        raise _NoAnswer(f"{type(err).__name__}: {err}") from err
+    if isinstance(answer, dict) and isinstance(answer.get("model"), str) and asked is not None:
+        answer["model"] = asked
+    request_id = f"batch_req_{uuid.uuid4().hex[:24]}"
+    result = {
+        "id": request_id,
+        "custom_id": line["custom_id"],
+        "response": {"status_code": status, "request_id": request_id, "body": answer},
         "error": None,
     }
     return result, 200 <= status < 300
@@ -195,37 +141,33 @@ def _answer(port: int, line: dict[str, Any], timeout_s: float) -> tuple[dict[str
 
 def feed(
     spec_dict: dict[str, Any],
-    input_path: str,
-    output_path: str,
-    error_path: str,
+    batch_dir: str,
     concurrency: int,
+    publish_to: str | None = None,
 ) -> dict[str, Any]:
-    """Send every unanswered line of input_path to the model's server; see the module doc."""
-    spec = ServerSpec.from_dict(spec_dict)
-    for path in (output_path, error_path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(output_path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job for this output waits, then resumes
-        skip = answered_ids(output_path) | answered_ids(error_path)
-        results = _Results(output_path, error_path, _count_requests(input_path))
+    """Send every unanswered line of the batch's input to the model's server; see the doc."""
+    # a batch job's server is its own, never the interactive one of the same model and host
+    # (a port of its own too: a fixed port in the spec is the interactive server's)
+    spec = ServerSpec.from_dict({**spec_dict, "role": "batch", "port": 0})
+    with private_dir(batch_dir) as dir_fd, os.fdopen(hold_lock(dir_fd), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job for this batch waits, then resumes
+        skip = answered_ids(dir_fd, OUTPUT) | answered_ids(dir_fd, ERRORS)
+        results = Results(dir_fd, _count_requests(dir_fd))
         results.write_progress()
         try:
-            with use_server(spec) as server:
-                cancelled = _pump(
-                    server.port,
-                    spec.request_timeout_s,
-                    input_path,
-                    results,
-                    skip,
-                    output_path,
-                    max(1, concurrency),
-                )
-            results.state = FeedState.CANCELLED if cancelled else FeedState.COMPLETED
+            stopped = _feed_rounds(spec, dir_fd, results, skip, max(1, concurrency))
+            results.state = FeedState.CANCELLED if stopped else FeedState.COMPLETED
         except BaseException:
             results.state = FeedState.FAILED
             raise
         finally:
             results.close()
+        publish_error = None
+        if publish_to is not None:
+            try:
+                publish(dir_fd, publish_to)
+            except (OSError, ValueError) as err:
+                publish_error = f"{type(err).__name__}: {err}"
     return {
         "runtime_version": __version__,
         "total": results.total,
@@ -233,39 +175,91 @@ def feed(
         "failed": results.failed,
         "skipped": len(skip),
         "state": results.state,
+        "publish_error": publish_error,
     }
+
+
+def _feed_rounds(
+    spec: ServerSpec,
+    dir_fd: int,
+    results: Results,
+    skip: set[str],
+    concurrency: int,
+) -> bool:
+    """Feed the file, starting the server again when it dies mid-file; True if cancelled.
+
+    Lines that got no answer are neither written nor counted: the next pass (on a server
+    that ``use_server`` found dead and started again) feeds every line not answered yet.
+    """
+    done: set[str] = set()  # answered (written) by this job
+    restarts = 0
+    while True:
+        with use_server(spec) as server:
+            ended = _pump(
+                server.port,
+                spec,
+                _requests(dir_fd, skip | done),
+                results,
+                done,
+                dir_fd,
+                concurrency,
+            )
+        if ended.lost is None or ended.cancelled:
+            return ended.cancelled
+        if restarts == _MAX_RESTARTS:
+            left = results.total - results.completed - results.failed
+            raise BackendLost(
+                f"model {spec.name!r}: its server stopped answering mid-file "
+                f"{restarts + 1} times ({ended.lost}); {left} lines got no answer (they are "
+                "in neither the output nor the error file: submit them again in a new batch). "
+                f"The server's log: {server.folder}/server.log"
+            )
+        restarts += 1
 
 
 def _pump(
     port: int,
-    timeout_s: float,
-    input_path: str,
-    results: _Results,
-    skip: set[str],
-    output_path: str,
+    spec: ServerSpec,
+    lines: Iterator[dict[str, Any]],
+    results: Results,
+    done: set[str],
+    dir_fd: int,
     concurrency: int,
-) -> bool:
-    """Feed the lines through ``concurrency`` threads; True if a cancel marker stopped it."""
+) -> _Round:
+    """Feed lines through ``concurrency`` threads until they run out, a cancel, or no answer.
+
+    Once a line gets no answer, no line is sent any more: those already queued are dropped
+    (the next pass feeds them), those in flight finish or fail.
+    """
     work: queue.Queue[object] = queue.Queue(maxsize=concurrency * 2)
     failures: list[BaseException] = []
+    lost: list[str] = []
+    down = threading.Event()
 
     def worker() -> None:
         while (item := work.get()) is not _STOP:
             assert isinstance(item, dict)
+            if down.is_set():
+                continue
             try:
-                results.add(*_answer(port, item, timeout_s))
+                results.add(*_answer(port, item, spec.name, spec.request_timeout_s))
+                done.add(item["custom_id"])
+            except _NoAnswer as err:
+                lost.append(str(err))
+                down.set()
             except BaseException as err:  # recorded, re-raised by the feeding thread
                 failures.append(err)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
-    cancelled = False
-    marker = cancel_path(output_path)
+    ended = _Round()
     try:
-        for line in _requests(input_path, skip):
-            if os.path.exists(marker) or failures:
-                cancelled = not failures
+        for line in lines:
+            if failures or down.is_set():
+                break
+            if cancelled(dir_fd):
+                ended.cancelled = True
                 break
             work.put(line)
     finally:
@@ -275,4 +269,5 @@ def _pump(
             thread.join()
     if failures:
         raise failures[0]
-    return cancelled
+    ended.lost = lost[0] if lost else None
+    return ended

@@ -68,6 +68,7 @@ class NodeServer:
     ready_at: float | None
     idle_s: float | None
     idle_timeout_s: float
+    role: str = "interactive"  # a batch job's own server says "batch"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def read_node_servers(state_dir: str, node: str, idle_after_s: float) -> NodeSer
                     ready_at=state.ready_at or None,
                     idle_s=None if idle is None or idle == float("inf") else round(idle, 1),
                     idle_timeout_s=state.idle_timeout_s,
+                    role=state.role,
                 )
             )
     return servers
@@ -152,7 +154,8 @@ def _entry(
     if state_dir is not None and job.scheduler_state == SchedulerState.RUNNING:
         for node in job.nodes:
             seen = read_node_servers(state_dir, node, idle_after_s)
-            servers += [s for s in seen.running if s.model == model]
+            # The listed endpoints serve users; a batch job's own server is not theirs.
+            servers += [s for s in seen.running if s.model == model and s.role == "interactive"]
             used = seen.last_use.get(model_key(model))
             retired |= used is not None and used >= (job.started_at or float("inf"))
     return {
@@ -172,7 +175,7 @@ def _local_entries(
     node = socket.gethostname()
     entries = []
     for server in read_node_servers(state_dir, node, idle_after_s).running:
-        if server.model not in by_model:
+        if server.model not in by_model or server.role != "interactive":
             continue
         entries.append(
             {

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import __version__, backend
 from .frameworks import all_operations
-from .server import use_server
+from .server import ServerHandle, use_server
 from .spec import ServerSpec
 
 # Any framework's operation is forwarded; a server that lacks it answers with its own error.
@@ -22,7 +22,7 @@ class RequestError(ValueError):
 
 
 def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
-    """Validate {"method", "path", "body"} and return them."""
+    """Validate {"method", "path", "body"[, "expires_at"]} and return the first three."""
     if not isinstance(request, Mapping):
         raise RequestError(f"request: expected a dict, got {type(request).__name__}")
     method = str(request.get("method", "POST")).upper()
@@ -35,7 +35,23 @@ def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] 
         raise RequestError(f"request {method} {path}: 'body' must be a JSON object")
     if method == "GET" and body is not None:
         raise RequestError(f"request {method} {path}: 'body' must be null")
+    expires_at = request.get("expires_at")
+    if expires_at is not None and (
+        isinstance(expires_at, bool) or not isinstance(expires_at, int | float)
+    ):
+        raise RequestError(f"request {method} {path}: 'expires_at' must be epoch seconds")
     return method, str(path), body
+
+
+def expired(request: Mapping[str, Any]) -> bool:
+    """Whether the caller stopped waiting for this request (its ``expires_at`` has passed).
+
+    The router gives up on a request after its wait and answers 503, but a task already
+    queued for a node cannot be withdrawn. When it runs, it still starts the model (what the
+    503 promised), but nobody reads the answer, so the request itself is not sent.
+    """
+    expires_at = request.get("expires_at")
+    return expires_at is not None and time.time() > float(expires_at)
 
 
 def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,7 +60,8 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
     The envelope is {"runtime_version", "status", "body", "timings": {"start_wait_s",
     "latency_s"}, "server": "started" | "reused", "node": {"host", "port", "server_id",
     "folder"}} ("node" when a server answered: where a caller on the same host may reach it
-    directly, see ``server.lease_running``). A backend error keeps its status and
+    directly, see ``server.lease_running``). A request that expired while it waited for the
+    server is not sent: status 504 with ``"expired": true``. A backend error keeps its status and
     OpenAI error body. If the server is found gone at connect time it is started again and
     the request sent once more.
     """
@@ -70,6 +87,21 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
             start_wait += server.start_wait_s
             started = started or server.started
             began = time.monotonic()
+            if expired(request):
+                envelope = _envelope(
+                    504,
+                    _error(
+                        f"model {spec.name!r} is ready, but the request was no longer awaited "
+                        "when it was; it was not sent",
+                        "timeout",
+                    ),
+                    start_wait,
+                    0.0,
+                    started,
+                )
+                envelope["expired"] = True
+                envelope["node"] = _node(server)
+                return envelope
             try:
                 status, answer = backend.call(
                     server.port, method, path, body, spec.request_timeout_s
@@ -90,14 +122,18 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
                     started,
                 )
             envelope = _envelope(status, answer, start_wait, time.monotonic() - began, started)
-            envelope["node"] = {
-                "host": socket.gethostname(),
-                "port": server.port,
-                "server_id": server.server_id,
-                "folder": server.folder,
-            }
+            envelope["node"] = _node(server)
             return envelope
     raise AssertionError("unreachable")
+
+
+def _node(server: ServerHandle) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "port": server.port,
+        "server_id": server.server_id,
+        "folder": server.folder,
+    }
 
 
 def _envelope(

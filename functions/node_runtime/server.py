@@ -1,4 +1,9 @@
-"""One server per model per node: start it once, reuse it, notice its death, stop it."""
+"""One server per model, role and node: start it once, reuse it, notice its death, stop it.
+
+The role keeps a batch job's server apart from the interactive one of the same model on the
+same host (``ServerSpec.role``). Each caller's parent process is recorded as an anchor; the
+watchdog stops the server once every anchor is gone (or on idle timeout).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 from . import backend, launch, procs
 from .spec import ServerSpec
 from .state import (
+    Anchor,
     LockTimeout,
     ServerPaths,
     ServerState,
@@ -60,8 +66,8 @@ def use_server(spec: ServerSpec) -> Iterator[ServerHandle]:
     can never stop the server between the check and the request.
     """
     began = time.monotonic()
-    paths = ServerPaths.for_model(spec.state_dir, spec.name)
-    with exclusive_lock(paths.lock, _lock_wait_s(spec), f"model {spec.name!r}"):
+    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role)
+    with exclusive_lock(paths.lock, _lock_wait_s(spec), _what(spec)):
         state, started = _ensure_locked(spec, paths)
         marker = hold_in_flight(paths)
     try:
@@ -114,8 +120,8 @@ def ensure_server(spec: ServerSpec) -> ServerHandle:
 
 def stop_server(spec: ServerSpec, reason: str = "asked to stop") -> bool:
     """Stop the model's server on this node, if one runs; True if there was one."""
-    paths = ServerPaths.for_model(spec.state_dir, spec.name)
-    with exclusive_lock(paths.lock, _lock_wait_s(spec), f"model {spec.name!r}"):
+    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role)
+    with exclusive_lock(paths.lock, _lock_wait_s(spec), _what(spec)):
         state = read_state(paths)
         if state is None:
             return False
@@ -154,8 +160,10 @@ def _refresh(spec: ServerSpec, paths: ServerPaths, state: ServerState) -> Server
         changes["idle_timeout_s"] = spec.idle_timeout_s
     if state.stop_grace_s != spec.stop_grace_s:
         changes["stop_grace_s"] = spec.stop_grace_s
-    if state.anchor_pid != os.getppid():
-        changes["anchor_pid"] = os.getppid()
+    anchor = caller_anchor()
+    if anchor not in state.anchors:
+        # dead anchors are dropped by the watchdog; a new job's is added beside the others
+        changes["anchors"] = (*state.anchors, anchor)
     if not procs.is_alive(state.watchdog_pid, state.watchdog_ticks):
         pid = _spawn_watchdog(paths, state.server_id)
         changes.update(watchdog_pid=pid, watchdog_ticks=procs.start_ticks(pid))
@@ -192,7 +200,8 @@ def _start_locked(spec: ServerSpec, paths: ServerPaths) -> ServerState:
         ready_at=0.0,
         idle_timeout_s=spec.idle_timeout_s,
         stop_grace_s=spec.stop_grace_s,
-        anchor_pid=os.getppid(),
+        anchors=(caller_anchor(),),
+        role=spec.role,
     )
     # Recorded before the wait, so that a crash of this caller leaves a group to clean up.
     write_state(paths, state)
@@ -211,6 +220,16 @@ def _start_locked(spec: ServerSpec, paths: ServerPaths) -> ServerState:
     stamp_use(paths)
     _note(paths, f"ready on port {port} after {state.ready_at - started_at:.1f} s")
     return state
+
+
+def caller_anchor() -> Anchor:
+    """This caller's parent (a Parsl worker's manager: the scheduler job), as an anchor."""
+    parent = os.getppid()
+    return parent, procs.start_ticks(parent)
+
+
+def _what(spec: ServerSpec) -> str:
+    return f"model {spec.name!r}" + ("" if spec.role == "interactive" else f" ({spec.role})")
 
 
 def _check_paths(spec: ServerSpec) -> None:

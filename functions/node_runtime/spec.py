@@ -14,6 +14,9 @@ from . import frameworks
 
 SPEC_VERSION = 1
 TASKS = ("generate", "embed")
+# An interactive server answers requests; a batch server is a batch job's own, kept apart
+# (its own folder, lock, port and watchdog) even on a host that runs the interactive one.
+ROLES = ("interactive", "batch")
 # Fields that change the server process; the others (timeouts) are read on every call.
 _PROCESS_FIELDS = ("name", "framework", "task", "weights", "args", "env", "python", "port")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}$")
@@ -40,6 +43,7 @@ class ServerSpec:
     start_timeout_s: float = 900.0
     request_timeout_s: float = 600.0
     stop_grace_s: float = 10.0
+    role: str = "interactive"
 
     def __post_init__(self) -> None:
         _check(
@@ -56,6 +60,7 @@ class ServerSpec:
             f"use one of {', '.join(known)}",
         )
         _check(self.task in TASKS, "task", self.task, f"use one of {', '.join(TASKS)}")
+        _check(self.role in ROLES, "role", self.role, f"use one of {', '.join(ROLES)}")
         chosen = frameworks.framework(self.framework)
         _check(
             self.task in chosen.tasks,
@@ -115,6 +120,8 @@ class ServerSpec:
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k != "spec_version"}
         for key in ("name", "framework", "task", "weights", "python", "state_dir"):
             _check(isinstance(kwargs[key], str), key, kwargs[key], "give a string")
+        if "role" in kwargs:
+            _check(isinstance(kwargs["role"], str), "role", kwargs["role"], "give a string")
         if "args" in kwargs:
             _check(
                 isinstance(kwargs["args"], list | tuple),
@@ -152,6 +159,7 @@ class ServerSpec:
             "request_timeout_s": self.request_timeout_s,
             "stop_grace_s": self.stop_grace_s,
             "state_dir": self.state_dir,
+            "role": self.role,
         }
 
     def process_hash(self) -> str:

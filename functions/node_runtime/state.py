@@ -1,12 +1,14 @@
 """Per-node, per-model files: the start lock, the state file, the log, usage markers.
 
-Layout: <state_dir>/<hostname>/<model key>/ holds
+Layout: <state_dir>/<hostname>/<server key>/ holds
     lock        exclusive fcntl lock: held to read or change the server (start, stop)
     state.json  the running server: pid, process group, port, spec hash, times, watchdog
     server.log  the server's output (the previous run's is kept as server.log.1)
     last_use    its mtime is the last time a request began or ended
     in_flight   every request holds a shared fcntl lock on it while it runs
-The hostname level keeps nodes apart if state_dir is on a shared file system.
+The hostname level keeps nodes apart if state_dir is on a shared file system. The server key
+is the model's, plus the role for a batch server, so that a batch never shares (and never
+stops) the interactive server of its model on the same host.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class ServerPaths:
     root: Path
 
     @classmethod
-    def for_model(cls, state_dir: str, name: str) -> ServerPaths:
-        root = Path(state_dir) / socket.gethostname() / model_key(name)
+    def for_model(cls, state_dir: str, name: str, role: str = "interactive") -> ServerPaths:
+        root = Path(state_dir) / socket.gethostname() / model_key(name, role)
         root.mkdir(parents=True, exist_ok=True)
         return cls(root)
 
@@ -66,6 +68,10 @@ class ServerPaths:
         return self.root / "in_flight"
 
 
+# A process that keeps a server wanted while it lives: (pid, start ticks or None).
+Anchor = tuple[int, int | None]
+
+
 @dataclass(frozen=True)
 class ServerState:
     """What state.json records about a running server."""
@@ -82,9 +88,12 @@ class ServerState:
     ready_at: float
     idle_timeout_s: float
     stop_grace_s: float
-    anchor_pid: int
+    # Every caller's parent (the Parsl manager, i.e. the scheduler job) as (pid, start
+    # ticks): the server is stopped once all of them are gone, not when the last one is.
+    anchors: tuple[Anchor, ...] = ()
     watchdog_pid: int = 0
     watchdog_ticks: int | None = None
+    role: str = "interactive"
 
     def replace(self, **changes: Any) -> ServerState:
         return ServerState(**{**asdict(self), **changes})
@@ -94,6 +103,9 @@ def read_state(paths: ServerPaths) -> ServerState | None:
     """The recorded server, or None if there is none (or the file is unreadable)."""
     try:
         data = json.loads(paths.state.read_text())
+        if "anchor_pid" in data:  # written by runtime 0.1: one anchor, no start ticks
+            data["anchors"] = [[data.pop("anchor_pid"), None]]
+        data["anchors"] = tuple((int(pid), ticks) for pid, ticks in data.get("anchors", ()))
         return ServerState(**data)
     except (FileNotFoundError, ValueError, TypeError):
         return None
@@ -175,7 +187,11 @@ def idle_for(paths: ServerPaths) -> float:
         return float("inf")
 
 
-def model_key(name: str) -> str:
-    """The folder a model's files live in under <state_dir>/<host>/: readable and unique."""
+def model_key(name: str, role: str = "interactive") -> str:
+    """The folder a server's files live in under <state_dir>/<host>/: readable and unique.
+
+    An interactive server's key is the model's alone; a batch server's adds its role.
+    """
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    key = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return key if role == "interactive" else f"{key}.{role}"

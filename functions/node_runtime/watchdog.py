@@ -7,9 +7,11 @@ state file, so a new watchdog can take over at any time (callers respawn a dead 
 
 It stops the server's process group when, with no request in flight,
 - no request began or ended for the recorded idle_timeout_s, or
-- the anchor process is gone: the parent of the last caller (the Parsl manager of the
-  job), so that a server never outlives the scheduler job that used it.
-It exits when the server it watches is gone or replaced.
+- every anchor is gone: the anchors are the parents of its callers (the Parsl managers of
+  the jobs that used it), so that a server never outlives the scheduler jobs that used it,
+  and one job's end does not stop a server that another job still uses.
+Dead anchors are dropped from the state as they are found. It exits when the server it
+watches is gone or replaced.
 
 Run as: python -m node_runtime.watchdog <server folder> <server id>
 """
@@ -22,7 +24,15 @@ from pathlib import Path
 
 from . import procs
 from .server import stop_recorded
-from .state import LockTimeout, ServerPaths, any_in_flight, exclusive_lock, idle_for, read_state
+from .state import (
+    LockTimeout,
+    ServerPaths,
+    any_in_flight,
+    exclusive_lock,
+    idle_for,
+    read_state,
+    write_state,
+)
 
 
 def poll_interval(idle_timeout_s: float) -> float:
@@ -48,9 +58,13 @@ def check_once(paths: ServerPaths, server_id: str) -> tuple[bool, float]:
                 paths, state, f"idle for {idle:.1f} s (timeout {state.idle_timeout_s:g} s)"
             )
             return False, 0.0
-        if not procs.is_alive(state.anchor_pid):
-            stop_recorded(paths, state, f"its caller's parent (pid {state.anchor_pid}) is gone")
+        live = tuple(a for a in state.anchors if procs.is_alive(*a))
+        if state.anchors and not live:
+            gone = ", ".join(str(pid) for pid, _ in state.anchors)
+            stop_recorded(paths, state, f"every caller's parent (pid {gone}) is gone")
             return False, 0.0
+        if live != state.anchors:
+            write_state(paths, state.replace(anchors=live))
         return True, min(interval, max(state.idle_timeout_s - idle, 0.05))
 
 

@@ -84,7 +84,7 @@ def model_server(tmp_path: Path) -> Iterator[tuple[ServerPaths, ServerState]]:
         ready_at=time.time(),
         idle_timeout_s=60,
         stop_grace_s=1.0,
-        anchor_pid=os.getpid(),
+        anchors=((os.getpid(), None),),
     )
     write_state(paths, state)
     yield paths, state
@@ -141,7 +141,8 @@ async def test_warm_requests_skip_the_endpoint_and_stamp_the_last_use(
     status, body = await _chat(direct, max_tokens=13)  # no answer: a 502, in OpenAI's shape
     assert status == 502 and body["error"]["type"] == "server_error"
     assert "no answer from its server" in body["error"]["message"]
-    metrics = (await direct.client.get("/metrics")).text
+    token = {"Authorization": f"Bearer {direct.service.metrics_token}"}
+    metrics = (await direct.client.get("/metrics", headers=token)).text
     assert 'router_request_paths_total{via="direct"} 5.0' in metrics
 
 

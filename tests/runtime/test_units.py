@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -16,8 +17,9 @@ from typing import Any
 
 import node_runtime
 import pytest
-from node_runtime import RequestError, ServerStartError, backend, procs, watchdog
+from node_runtime import RequestError, ServerStartError, backend, procs, proxy, watchdog
 from node_runtime.proxy import check_request
+from node_runtime.server import ServerHandle
 from node_runtime.state import (
     ServerPaths,
     ServerState,
@@ -27,7 +29,7 @@ from node_runtime.state import (
     write_state,
 )
 
-from .local_backends import infinity_spec
+from .local_backends import infinity_spec, vllm_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,6 +142,35 @@ def test_a_json_less_error_becomes_an_openai_error_body(echo_port: int) -> None:
     assert answer["error"]["code"] == 418
 
 
+def test_an_expired_request_starts_the_server_but_is_not_sent(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A task that reaches its node after its caller gave up (the router's 503) sends nothing."""
+    sent: list[tuple[Any, ...]] = []
+
+    def call(*args: Any) -> tuple[int, Any]:
+        sent.append(args)
+        return 200, {}
+
+    monkeypatch.setattr(backend, "call", call)
+
+    @contextlib.contextmanager
+    def ready_server(spec: Any) -> Iterator[ServerHandle]:
+        yield ServerHandle(echo_port, "s-1", True, 1.5, str(tmp_path))
+
+    monkeypatch.setattr(proxy, "use_server", ready_server)
+    spec = vllm_spec("tiny-expired", tmp_path)
+    request = {"method": "POST", "path": "/v1/completions", "body": {"prompt": "x"}}
+    late = proxy.handle(spec, {**request, "expires_at": time.time() - 1})
+    assert late["status"] == 504 and late["expired"] is True and late["server"] == "started"
+    assert late["node"]["port"] == echo_port and "no longer awaited" in str(late["body"])
+    assert sent == []
+    on_time = proxy.handle(spec, {**request, "expires_at": time.time() + 60})
+    assert on_time["status"] == 200 and "expired" not in on_time and len(sent) == 1
+    with pytest.raises(RequestError, match="expires_at"):
+        proxy.handle(spec, {**request, "expires_at": "soon"})
+
+
 def run_serialized_serve(
     expected_version: str, spec: dict[str, Any], request: dict[str, Any], cwd: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -234,7 +265,7 @@ def _fake_server(tmp_path: Path, idle_timeout_s: float) -> tuple[ServerPaths, Se
         ready_at=time.time(),
         idle_timeout_s=idle_timeout_s,
         stop_grace_s=1.0,
-        anchor_pid=os.getpid(),
+        anchors=((os.getpid(), procs.start_ticks(os.getpid())),),
     )
     write_state(paths, state)
     return paths, state

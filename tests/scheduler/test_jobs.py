@@ -155,8 +155,9 @@ def _record_server(
     idle_s: float,
     alive: bool = True,
     pid: int = 1,
+    role: str = "interactive",
 ) -> None:
-    paths = ServerPaths(state_dir / node / model_key(model))
+    paths = ServerPaths(state_dir / node / model_key(model, role))
     paths.root.mkdir(parents=True)
     now = time.time()
     if alive:
@@ -173,7 +174,8 @@ def _record_server(
             ready_at=now - 500 if ready else 0.0,
             idle_timeout_s=7200.0,
             stop_grace_s=10.0,
-            anchor_pid=1,
+            anchors=((1, None),),
+            role=role,
         )
         write_state(paths, state)
     paths.last_use.touch()
@@ -260,3 +262,17 @@ def test_a_dead_server_on_this_host_is_not_listed(tmp_path: Path) -> None:
     dead.wait()
     _record_server(tmp_path, socket.gethostname(), "tiny-llama", ready=True, idle_s=1, pid=dead.pid)
     assert list_jobs("local", {"local-tiny-llama": "tiny-llama"}, str(tmp_path))["jobs"] == []
+
+
+def test_a_batch_jobs_own_server_is_not_the_models(fake_qstat: Path, tmp_path: Path) -> None:
+    """A batch server beside a model's job or on this host says nothing of the model's state."""
+    import socket
+
+    _record_server(tmp_path, socket.gethostname(), "tiny-llama", ready=True, idle_s=1, role="batch")
+    assert list_jobs("local", {"local-tiny-llama": "tiny-llama"}, str(tmp_path))["jobs"] == []
+    fake_qstat.write_text(qstat_fixture("several.json"))
+    state_dir = tmp_path / "servers"
+    _record_server(
+        state_dir, "sophia-gpu-05", ENDPOINTS[LLAMA_8B], ready=True, idle_s=2, role="batch"
+    )
+    assert _states(fake_qstat, state_dir)["412102"] == "starting"
