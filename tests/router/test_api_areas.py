@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 from starlette.routing import Route as HTTPRoute
 
-from inference_bundle.router.api import common, listings, operations
+from inference_bundle.router.api import common, listings, operations, uploads
 from inference_bundle.router.app import api_routes
 from inference_bundle.router.auth import Caller
 from inference_bundle.router.errors import APIError
@@ -106,7 +107,7 @@ async def test_operation_bodies() -> None:
 
 async def test_batch_create_bodies() -> None:
     assert await common.read_json_object(request(b'{"a": 1}')) == {"a": 1}
-    with pytest.raises(APIError, match=r"^The request body is not valid JSON\.$"):
+    with pytest.raises(APIError, match=r"^The request body is not valid JSON: Expecting"):
         await common.read_json_object(request(b"{"))
     with pytest.raises(APIError, match="must be a JSON object"):
         await common.read_json_object(request(b"[]"))
@@ -117,7 +118,7 @@ async def test_batch_create_bodies() -> None:
 
 async def test_uploads_must_be_multipart() -> None:
     with pytest.raises(APIError, match="multipart/form-data"):
-        await common.read_multipart(request(b"x", {"content-type": "text/plain"}), 1024)
+        await uploads.receive(request(b"x", {"content-type": "text/plain"}), Path("/nowhere"), 1024)
 
 
 async def test_routes_keep_their_order(harness: Harness) -> None:
@@ -135,6 +136,7 @@ async def test_routes_keep_their_order(harness: Harness) -> None:
         ("/v1/batches/{batch_id}/cancel", "POST", "cancel_batch"),
         ("/v1/files", "POST", "upload_file"),
         ("/v1/files/{file_id}", "GET", "get_file"),
+        ("/v1/files/{file_id}", "DELETE", "delete_file"),
         ("/v1/files/{file_id}/content", "GET", "file_content"),
         (f"{guide}/{{operation:path}}", "POST", "operation"),
         ("/v1/{operation:path}", "POST", "operation"),

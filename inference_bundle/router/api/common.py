@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
+from inference_bundle.router import jsonsafe
 from inference_bundle.router.auth import Authenticator, Caller
 from inference_bundle.router.bodies import read_limited
 from inference_bundle.router.errors import APIError, unknown_cluster
@@ -57,26 +55,16 @@ async def read_json(request: Request, limit: int) -> Any:
     """An OpenAI operation's JSON body (any JSON value), at most ``limit`` bytes."""
     too_large = APIError(
         413,
-        f"The request body is larger than {limit // (1024 * 1024)} MB; send less per request "
+        f"The request body is larger than {_size(limit)}; send less per request "
         "or use the batch API.",
         code="request_too_large",
     )
-    body = await read_limited(request, limit, too_large)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise APIError(400, f"The request body is not valid JSON: {err}.") from None
-    except RecursionError:
-        raise APIError(400, "The request body is nested too deeply to read.") from None
+    return _parsed(await read_limited(request, limit, too_large))
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """A batch create body: one JSON object of at most ``JSON_OBJECT_LIMIT`` bytes."""
-    raw = await read_upload(request, JSON_OBJECT_LIMIT)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise APIError(400, "The request body is not valid JSON.") from None
+    body = _parsed(await read_upload(request, JSON_OBJECT_LIMIT))
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     return body
@@ -85,23 +73,25 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 async def read_upload(request: Request, limit: int) -> bytes:
     """The raw body of a batch or file request, or a 413 past ``limit`` bytes."""
     too_large = APIError(
-        413, f"The upload is larger than {limit // 2**20} MB.", code="request_too_large"
+        413, f"The upload is larger than {_size(limit)}.", code="request_too_large"
     )
     return await read_limited(request, limit, too_large)
 
 
-async def read_multipart(request: Request, limit: int) -> dict[str, tuple[str | None, bytes]]:
-    """multipart/form-data fields: name -> (filename, bytes), read with the stdlib parser."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise APIError(400, "Upload the file as multipart/form-data (purpose and file).")
-    raw = await read_upload(request, limit)
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if isinstance(name, str) and isinstance(payload, bytes):
-            fields[name] = (part.get_filename(), payload)
-    return fields
+def _parsed(body: bytes) -> Any:
+    # Parsed on the loop, as before: bodies are capped, and a thread hop per request would
+    # cost the router throughput. jsonsafe bounds the nesting and refuses lone surrogates,
+    # which would otherwise fail later, when the body is answered, stored or forwarded.
+    try:
+        return jsonsafe.parse(body)
+    except jsonsafe.JSONProblem as problem:
+        raise APIError(400, f"The request body {problem}.", code="invalid_json") from None
+
+
+def _size(limit: int) -> str:
+    """A byte limit as people say it: 10 MB, 64 KB."""
+    if limit >= 2**20 and limit % 2**20 == 0:
+        return f"{limit // 2**20} MB"
+    if limit >= 2**10 and limit % 2**10 == 0:
+        return f"{limit // 2**10} KB"
+    return f"{limit:,} bytes"

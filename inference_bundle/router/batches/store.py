@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -11,6 +13,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from inference_bundle.router.errors import APIError
+
+log = logging.getLogger("router.batches")
 # Statuses after which a batch never changes again.
 FINAL = ("completed", "failed", "cancelled", "expired")
 
@@ -71,12 +76,27 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+class UnstorableRecord(APIError):
+    """A record with text that is not valid Unicode: stored, it could never be answered."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            400,
+            f"{where} has a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); "
+            "send valid Unicode text.",
+            code="invalid_text",
+        )
+
+
 class BatchStore:
     """Records in one SQLite file; safe to use from several threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A row of bytes that are not UTF-8 (written by another tool) reads as text with
+        # U+FFFD instead of failing the whole query it is in.
+        self._db.text_factory = lambda raw: raw.decode("utf-8", "replace")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
@@ -93,6 +113,9 @@ class BatchStore:
             bytes=path.stat().st_size if path.exists() else 0,
             created_at=int(time.time()),
         )
+        for name in ("owner", "filename", "purpose", "path"):
+            if not _is_text(getattr(record, name)):
+                raise UnstorableRecord(f"The file's {name}")
         with self._lock:
             self._db.execute(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -108,11 +131,34 @@ class BatchStore:
             ).fetchone()
         return None if row is None else FileRecord(*row)
 
+    def files_usage(self, owner: str, folder: Path) -> tuple[int, int]:
+        """How many of the owner's files lie in ``folder``, and their bytes."""
+        prefix = f"{folder}{os.sep}"
+        with self._lock:
+            count, total = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files "
+                "WHERE owner = ? AND substr(path, 1, length(?)) = ?",
+                (owner, prefix, prefix),
+            ).fetchone()
+        return int(count), int(total)
+
+    def delete_file(self, file_id: str, owner: str) -> bool:
+        """Forget the owner's file; False when they have none of that id."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)
+            )
+        return cursor.rowcount > 0
+
     def save(self, batch: BatchRecord) -> None:
+        """Store the batch; UnstorableRecord (a 400) if any of its text is not Unicode."""
+        record = json.dumps(asdict(batch), ensure_ascii=False)
+        if not _is_text(record):
+            raise UnstorableRecord(f"The batch's {_bad_field(asdict(batch))}")
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)",
-                (batch.id, batch.owner, json.dumps(asdict(batch)), batch.status, batch.created_at),
+                (batch.id, batch.owner, record, batch.status, batch.created_at),
             )
 
     def batch(self, batch_id: str, owner: str | None) -> BatchRecord | None:
@@ -123,7 +169,7 @@ class BatchStore:
             query, args = query + " AND owner = ?", (batch_id, owner)
         with self._lock:
             row = self._db.execute(query, args).fetchone()
-        return None if row is None else BatchRecord(**json.loads(row[0]))
+        return None if row is None else _batch_from(batch_id, row[0])
 
     def batches(
         self,
@@ -132,7 +178,7 @@ class BatchStore:
         unfinished: bool = False,
     ) -> list[BatchRecord]:
         """Batches newest first: an owner's (or all), of one status or unfinished ones."""
-        query, args = "SELECT record FROM batches WHERE 1 = 1", []
+        query, args = "SELECT id, record FROM batches WHERE 1 = 1", []
         if owner is not None:
             query, args = query + " AND owner = ?", [owner]
         if status is not None:
@@ -143,8 +189,78 @@ class BatchStore:
             args += FINAL
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at DESC, id", args).fetchall()
-        return [BatchRecord(**json.loads(row[0])) for row in rows]
+        found = (_batch_from(batch_id, record) for batch_id, record in rows)
+        return [batch for batch in found if batch is not None]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _make_private(path: Path) -> None:
+    """The database and its folder readable by the service's account only (0600, 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    # SQLite gives its -wal and -shm files the database file's mode, so that is set first.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_field(data: dict[str, Any]) -> str:
+    """The first field of a record whose text (a key or a value within) is not Unicode."""
+    for name, value in data.items():
+        if not _is_text(json.dumps(value, ensure_ascii=False)):
+            return name
+    return "record"
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+}
+
+
+def _batch_from(batch_id: str, text: str) -> BatchRecord | None:
+    """A stored batch, or None (logged) for a row this version cannot read.
+
+    Rows written before text was checked may hold lone surrogates (as JSON escapes): those
+    are replaced with U+FFFD, so that the batch is still listed and can be answered.
+    """
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("the record is not a JSON object")
+        if ("\\ud" in text or "\\uD" in text) and not _is_text(
+            json.dumps(data, ensure_ascii=False)
+        ):
+            data = _replace_surrogates(data)
+        known = {f.name: f for f in fields(BatchRecord)}
+        kept = {name: value for name, value in data.items() if name in known}
+        for name, value in kept.items():
+            allowed = _TYPES.get(str(known[name].type))
+            if allowed is not None and not isinstance(value, allowed):
+                raise ValueError(f"{name} is {value!r}")
+        return BatchRecord(**kept)
+    except (ValueError, TypeError, RecursionError) as err:
+        log.warning("batches.db: batch %s is unreadable and left out: %s", batch_id, err)
+        return None
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    return value
