@@ -253,7 +253,7 @@ class Bench:
 
     def bundle_batch(self, limit_s: float) -> dict[str, Any]:
         """Submit, poll, fetch the result; the wall time and where it went."""
-        from node_runtime.batch import progress_path
+        from node_runtime.batch_files import PROGRESS
 
         began = time.monotonic()
         created = self.http.post(
@@ -266,7 +266,7 @@ class Bench:
         submitted = time.monotonic()
         batch = created.json()
         output = Path(batch["output_file_path"])
-        progress = Path(progress_path(str(output)))
+        progress = output.parent / PROGRESS  # the batch's own folder (no output_file_path)
         marks: dict[str, float] = {}
         deadline = began + limit_s
         seen_mtime = 0

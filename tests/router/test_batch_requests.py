@@ -33,7 +33,7 @@ def test_every_bad_line_is_named_with_its_reason() -> None:
     assert check.requests == 8
     assert [n for n, _ in check.problems] == [1, 3, 4, 5, 6, 7]
     reasons = dict(check.problems)
-    assert "not a JSON object" in reasons[1]
+    assert reasons[1].startswith("the line is not valid JSON")
     assert "'r-2' is used by an earlier line" in reasons[3]
     assert "only POST" in reasons[4]
     assert "/v1/embeddings" in reasons[5]
@@ -41,7 +41,7 @@ def test_every_bad_line_is_named_with_its_reason() -> None:
     assert "custom_id is missing" in reasons[7]
     error = rejection(check, "input_file")
     assert error is not None and error.status == 400
-    assert error.body()["error"]["lines"][0] == {"line": 1, "reason": "not a JSON object"}
+    assert error.body()["error"]["lines"][0] == {"line": 1, "reason": reasons[1]}
 
 
 def test_only_the_first_twenty_problems_are_listed() -> None:
@@ -73,7 +73,7 @@ async def test_a_malformed_file_gets_400_with_line_numbers(
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert [x["line"] for x in error["lines"]] == [2, 3]
-    assert "line 2: not a JSON object" in error["message"]
+    assert "line 2: the line is not valid JSON" in error["message"]
 
 
 async def test_a_model_without_batch_support_is_refused(batches: Harness, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import node_runtime.batch
+import node_runtime.batch_files
 import openai
 import pytest
 
@@ -145,20 +146,19 @@ async def test_another_user_sees_nothing(batches: Harness, tmp_path: Path) -> No
 
 
 def test_a_cut_job_resumes_without_answering_twice(tmp_path: Path, model: FakeModel) -> None:
-    source = write_lines(tmp_path / "in.jsonl", [line(n) for n in range(30)])
-    output, errors = tmp_path / "out" / "o.jsonl", tmp_path / "out" / "o.errors.jsonl"
-    output.parent.mkdir()
+    folder = tmp_path / "batch"
+    folder.mkdir(mode=0o700)
+    write_lines(folder / "input.jsonl", [line(n) for n in range(30)])
+    output = folder / "output.jsonl"
     done = [{"custom_id": f"r-{n}", "response": {"status_code": 200}} for n in range(10)]
     # ten answered lines, then a line torn by the kill
     output.write_text("".join(json.dumps(x) + "\n" for x in done) + '{"custom_id": "r-1')
-    result = node_runtime.batch.feed(
-        _spec(tmp_path), str(source), str(output), str(errors), concurrency=4
-    )
+    result = node_runtime.batch.feed(_spec(tmp_path), str(folder), concurrency=4)
     assert result["skipped"] == 10 and result["completed"] == 30 and result["state"] == "completed"
     ids = [json.loads(x)["custom_id"] for x in output.read_text().splitlines()]
     assert sorted(ids) == sorted(f"r-{n}" for n in range(30))
     assert len(model.seen) == 20
-    progress = node_runtime.batch.read_progress(str(output))
+    progress = node_runtime.batch_files.read_progress(str(folder))
     assert progress is not None and progress["completed"] == 30 and progress["total"] == 30
 
 

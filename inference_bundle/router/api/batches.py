@@ -1,29 +1,32 @@
-"""Batches over HTTP: the guide's batch API (paths on the cluster) and OpenAI's Batches."""
+"""Batches over HTTP: the guide's batch API (paths on the cluster) and OpenAI's Batches.
+
+Every file and database step of a handler runs in a worker thread, bounded in time
+(``BatchService.off_loop``): the event loop never waits on a filesystem.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from inference_bundle.router.api.common import authenticate, bound_route, read_json_object
+from inference_bundle.router.batches.safe_paths import user_text
 from inference_bundle.router.batches.service import BatchService, first_model
 from inference_bundle.router.batches.store import BatchRecord, new_id
 from inference_bundle.router.batches.validation import (
     EMBEDDING_URLS,
     GENERATION_URLS,
-    check_file,
-    path_under,
     supported_urls,
 )
 from inference_bundle.router.errors import APIError
 
 COMPLETION_WINDOW = "24h"
 WINDOW_S = 24 * 3600
+# OpenAI's bounds on a batch's metadata.
+METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
 
 
 def routes(batches: BatchService) -> list[BaseRoute]:
@@ -46,38 +49,24 @@ def routes(batches: BatchService) -> list[BaseRoute]:
 
 
 async def guide_create(batches: BatchService, request: Request) -> Response:
-    """Start a batch over a JSON Lines file on the cluster; its output goes beside it."""
+    """Start a batch over a JSON Lines file on the cluster (copied at submit; see safe_paths)."""
     caller = await authenticate(batches.authenticator, request)
     body = await read_json_object(request)
     cluster, framework = request.path_params["cluster"], request.path_params["framework"]
     route = batches.route_for(caller, body.get("model"), cluster, framework)
-    paths = batches.profiles[route.cluster].paths
-    input_file = body.get("input_file")
-    if not isinstance(input_file, str):
-        raise APIError(400, "'input_file' is required: the path of a JSON Lines file.")
-    input_path = path_under(input_file, paths.batch_input_roots, "input_file")
-    urls = supported_urls(route)
-    check = await run_in_threadpool(check_file, input_path, route.model, urls, "input_file")
-    batch_id = new_id("batch")
+    if body.get("input_file") is None:
+        raise APIError(
+            400, "'input_file' is required: the path of a JSON Lines file.", param="input_file"
+        )
+    input_file = user_text(body.get("input_file"), "input_file")
     wanted = body.get("output_file_path")
-    if wanted is None:
-        output = Path(paths.batch_output_root) / batch_id / "output.jsonl"
-    elif isinstance(wanted, str):
-        roots = [paths.batch_output_root, *paths.batch_input_roots]
-        output = path_under(wanted, roots, "output_file_path")
-        if output.is_dir():
-            output = output / f"{batch_id}.jsonl"
-        if output.exists():
-            raise APIError(
-                400,
-                f"'output_file_path' {output} already exists; name a new file.",
-                param="output_file_path",
-            )
-    else:
-        raise APIError(400, "'output_file_path' must be a path.", param="output_file_path")
-    source = batches.store.add_file(caller.user, input_path.name, "batch", input_path)
-    endpoint = check.url or ""
-    batch = batches.submit(caller, route, batch_id, source, output, endpoint, check.requests)
+    output = None if wanted is None else user_text(wanted, "output_file_path")
+    batch_id = new_id("batch")
+    staged = await batches.off_loop(batches.stage_path, route, input_file, output, batch_id)
+    endpoint = staged.check.url or ""
+    batch = await batches.off_loop(
+        batches.submit, caller, route, batch_id, staged, input_file, endpoint
+    )
     return JSONResponse(batch_object(batch), status_code=200)
 
 
@@ -125,11 +114,16 @@ async def openai_create(batches: BatchService, request: Request) -> Response:
             f"endpoint is {endpoint!r}; use one of {', '.join(GENERATION_URLS + EMBEDDING_URLS)}.",
             param="endpoint",
         )
+    metadata = _metadata(body.get("metadata"))
     file_id = body.get("input_file_id")
-    source = batches.store.file(str(file_id), caller.user)
+    if not isinstance(file_id, str):
+        raise APIError(
+            400, "'input_file_id' is required: the id of an uploaded file.", param="input_file_id"
+        )
+    source = await batches.off_loop(batches.store.file, file_id, caller.user)
     if source is None or source.purpose != "batch":
         raise APIError(404, f"No batch file {file_id!r}.", param="input_file_id", code="not_found")
-    model = await run_in_threadpool(first_model, Path(source.path))
+    model = await batches.off_loop(first_model, source.path)
     route = batches.route_for(caller, model, None, None)
     if endpoint not in supported_urls(route):
         raise APIError(
@@ -138,19 +132,42 @@ async def openai_create(batches: BatchService, request: Request) -> Response:
             f"{', '.join(supported_urls(route))}.",
             param="endpoint",
         )
-    path = Path(source.path)
-    check = await run_in_threadpool(
-        check_file, path, route.model, (str(endpoint),), "input_file_id"
-    )
     batch_id = new_id("batch")
-    output = Path(batches.profiles[route.cluster].paths.batch_output_root) / batch_id
-    given = body.get("metadata")
-    metadata = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else None
-    output = output / "output.jsonl"
-    batch = batches.submit(
-        caller, route, batch_id, source, output, str(endpoint), check.requests, metadata
+    staged = await batches.off_loop(batches.stage_upload, route, source, str(endpoint), batch_id)
+    batch = await batches.off_loop(
+        batches.submit, caller, route, batch_id, staged, source, str(endpoint), metadata
     )
     return JSONResponse(batch_object(batch))
+
+
+def _metadata(given: Any) -> dict[str, str] | None:
+    """OpenAI's metadata: up to 16 string pairs; a 400 naming what is wrong."""
+    if given is None:
+        return None
+    if not isinstance(given, dict) or len(given) > METADATA_PAIRS:
+        raise APIError(
+            400,
+            f"'metadata' must be an object of at most {METADATA_PAIRS} string pairs.",
+            param="metadata",
+        )
+    for key, value in given.items():
+        if not isinstance(value, str) or len(key) > METADATA_KEY or len(value) > METADATA_VALUE:
+            raise APIError(
+                400,
+                f"'metadata' {key!r}: keys are strings of at most {METADATA_KEY} characters, "
+                f"values strings of at most {METADATA_VALUE}.",
+                param="metadata",
+            )
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(
+                    400,
+                    "'metadata' holds a lone surrogate; send valid Unicode text.",
+                    param="metadata",
+                ) from None
+    return dict(given)
 
 
 # Both
@@ -161,12 +178,15 @@ async def list_batches(batches: BatchService, request: Request) -> Response:
     caller = await authenticate(batches.authenticator, request)
     cluster = request.path_params.get("cluster")
     status = request.query_params.get("status")
-    found = [
-        batches.runner.refresh(b)
-        for b in batches.store.batches(caller.user, status)
-        if cluster is None or b.cluster == cluster
-    ]
-    data = [batch_object(b) for b in found]
+
+    def current() -> list[dict[str, Any]]:
+        return [
+            batch_object(batches.runner.refresh(b))
+            for b in batches.store.batches(caller.user, status)
+            if cluster is None or b.cluster == cluster
+        ]
+
+    data = await batches.off_loop(current)
     return JSONResponse(
         {
             "object": "list",
@@ -181,20 +201,24 @@ async def list_batches(batches: BatchService, request: Request) -> Response:
 async def get_batch(batches: BatchService, request: Request) -> Response:
     """One of the caller's batches, with its progress."""
     batch = await _owned_batch(batches, request)
-    return JSONResponse(batch_object(batches.runner.refresh(batch)))
+    return JSONResponse(batch_object(await batches.off_loop(batches.runner.refresh, batch)))
 
 
 async def cancel_batch(batches: BatchService, request: Request) -> Response:
     """Cancel a batch: requests in flight finish and are kept, the rest never run."""
     batch = await _owned_batch(batches, request)
-    batch = await run_in_threadpool(batches.runner.cancel, batch)
-    return JSONResponse(batch_object(batches.runner.refresh(batch)))
+
+    def cancel() -> BatchRecord:
+        return batches.runner.refresh(batches.runner.cancel(batch))
+
+    return JSONResponse(batch_object(await batches.off_loop(cancel)))
 
 
 async def _owned_batch(batches: BatchService, request: Request) -> BatchRecord:
     caller = await authenticate(batches.authenticator, request)
     batch_id = request.path_params["batch_id"]
-    return batches.owned_batch(caller, batch_id, request.path_params.get("cluster"))
+    cluster = request.path_params.get("cluster")
+    return await batches.off_loop(batches.owned_batch, caller, batch_id, cluster)
 
 
 def _counts(batch: BatchRecord) -> dict[str, int]:

@@ -1,13 +1,17 @@
 """Runs each batch as a job on its model's batch endpoint, and keeps its record current.
 
-The job (``node_runtime.batch.run_batch``) writes the output, error and progress files; the
-router reads progress for status, writes the cancel marker, and records the outcome when
-the job returns. Batches left unfinished by a stopped router are submitted again when it
-starts: the job resumes from its output file, and its lock keeps two jobs off one output.
+The job (``node_runtime.batch.run_batch``) writes the output, error and progress files in
+the batch's own folder (``node_runtime.batch_files``; the record's input_path is
+``<folder>/input.jsonl``); the router reads progress for status, writes the cancel marker,
+and records the outcome when the job returns. A record whose output_path lies outside the
+folder names the user's ``output_file_path``: the job copies the results there at the end.
+Batches left unfinished by a stopped router are submitted again when it starts: the job
+resumes from its output file, and its lock keeps two jobs off one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -17,7 +21,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from node_runtime.batch import cancel_path, read_progress, run_batch
+from node_runtime.batch import run_batch
+from node_runtime.batch_files import ERRORS, INPUT, OUTPUT, read_progress, request_cancel
 
 from inference_bundle.config.naming import batch_twin_name
 from inference_bundle.router.batches.store import FINAL, BatchRecord, BatchStore
@@ -26,6 +31,17 @@ from inference_bundle.router.executors.engine import EngineExecutor
 from inference_bundle.router.routes import Route, RouteTable
 
 log = logging.getLogger("router.batches")
+
+
+def batch_folder(batch: BatchRecord) -> Path:
+    """The batch's own folder (where its job keeps every file)."""
+    return Path(batch.input_path).parent
+
+
+def publish_target(batch: BatchRecord) -> str | None:
+    """The folder the user asked the results in, or None (they stay in the batch's folder)."""
+    results = Path(batch.output_path).parent
+    return None if results == batch_folder(batch) else str(results)
 
 
 def batch_endpoint(route: Route) -> str:
@@ -112,6 +128,13 @@ class BatchRunner:
         batch = self.store.batch(batch_id, None)
         if batch is None or batch.status in FINAL:
             return
+        folder = batch_folder(batch)
+        if Path(batch.input_path).name != INPUT or folder.name != batch.id:
+            # recorded by a version that read the user's own path: never opened by name again
+            self._finish(
+                batch_id, None, "the batch was submitted to an older router; submit it again"
+            )
+            return
         try:
             route = self.table.lookup(batch.model, batch.cluster)
             executor = self.executor_for(route)
@@ -119,10 +142,9 @@ class BatchRunner:
                 run_batch,
                 self.runtime_version,
                 route.spec,
-                batch.input_path,
-                batch.output_path,
-                batch.error_path,
+                str(folder),
                 self.concurrency,
+                publish_target(batch),
             )
         except Exception as err:
             log.exception("batch %s could not be submitted", batch_id)
@@ -166,16 +188,25 @@ class BatchRunner:
                 failed=int(result["failed"]),
             )
         status = "failed" if error else str(result["state"]) if result else "failed"
+        folder = batch_folder(batch)
         output_id = error_id = None
-        if os.path.exists(batch.output_path):
-            output_id = self.store.add_file(
-                batch.owner, "output.jsonl", "batch_output", Path(batch.output_path)
-            ).id
-        if os.path.exists(batch.error_path):
-            error_id = self.store.add_file(
-                batch.owner, "errors.jsonl", "batch_output", Path(batch.error_path)
-            ).id
+        if os.path.exists(folder / OUTPUT):
+            output_id = self.store.add_file(batch.owner, OUTPUT, "batch_output", folder / OUTPUT).id
+        if os.path.exists(folder / ERRORS):
+            error_id = self.store.add_file(batch.owner, ERRORS, "batch_output", folder / ERRORS).id
         errors = None if error is None else [{"code": "job_failed", "message": error}]
+        unpublished = result.get("publish_error") if result else None
+        if unpublished:
+            errors = [
+                {
+                    "code": "output_not_written",
+                    "message": f"the results could not be copied to {publish_target(batch)} "
+                    f"({unpublished}); they are in output_file_id and error_file_id",
+                }
+            ]
+        if publish_target(batch) is not None and (error or unpublished):
+            # the results are only in the batch's own folder: name those
+            batch = batch.with_(output_path=str(folder / OUTPUT), error_path=str(folder / ERRORS))
         self.store.save(
             batch.with_(
                 status=status,
@@ -190,7 +221,7 @@ class BatchRunner:
         """The batch with the counts its job last reported (not saved)."""
         if batch.status in FINAL:
             return batch
-        progress = read_progress(batch.output_path)
+        progress = read_progress(str(batch_folder(batch)))
         if progress is None:
             return batch
         return batch.with_(
@@ -204,7 +235,8 @@ class BatchRunner:
             batch = self.store.batch(batch.id, None) or batch
             if batch.status in FINAL or batch.status == "cancelling":
                 return batch
-            Path(cancel_path(batch.output_path)).touch()
+            with contextlib.suppress(OSError):  # no folder: no job there to stop
+                request_cancel(str(batch_folder(batch)))
             cancelling = batch.with_(status="cancelling", cancelling_at=int(time.time()))
             self.store.save(cancelling)
             return cancelling

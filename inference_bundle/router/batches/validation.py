@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference_bundle.router import jsonsafe
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.routes import Route
 
@@ -36,24 +35,6 @@ def supported_urls(route: Route) -> tuple[str, ...]:
     return EMBEDDING_URLS if route.entry.endpoint.kind == "embedding" else GENERATION_URLS
 
 
-def path_under(value: str, roots: Sequence[str], field: str) -> Path:
-    """``value`` resolved (links and ``..`` followed); 400 unless it lies under a root."""
-    if not value or "\x00" in value:
-        raise APIError(400, f"'{field}' must be a file path.", param=field)
-    path = Path(os.path.realpath(Path(value).expanduser()))
-    for root in roots:
-        base = Path(os.path.realpath(Path(root).expanduser()))
-        if path == base or base in path.parents:
-            return path
-    raise APIError(
-        400,
-        f"'{field}' {value} is outside the folders batches may use on this cluster: "
-        f"{', '.join(roots)}. Put the file under one of them.",
-        param=field,
-        code="path_not_allowed",
-    )
-
-
 @dataclass(frozen=True)
 class FileCheck:
     """The outcome of reading an input file: how many requests, and what is wrong."""
@@ -64,8 +45,14 @@ class FileCheck:
     url: str | None  # the url every line uses, or None when they differ
 
 
-def check_lines(lines: Iterable[bytes], model: str, urls: Sequence[str]) -> FileCheck:
-    """Check every line; keep the first problems, count the requests (blank lines skipped)."""
+def check_lines(
+    lines: Iterable[bytes], model: str, urls: Sequence[str], aliases: Sequence[str] = ()
+) -> FileCheck:
+    """Check every line; keep the first problems, count the requests (blank lines skipped).
+
+    A line may name the model by one of its aliases: the job sends the server its served
+    name, and the answer names the model as the line did.
+    """
     problems: list[tuple[int, str]] = []
     seen: set[str] = set()
     used: set[str] = set()
@@ -74,7 +61,7 @@ def check_lines(lines: Iterable[bytes], model: str, urls: Sequence[str]) -> File
         if not raw.strip():
             continue
         requests += 1
-        reason = _line_problem(raw, model, urls, seen, used)
+        reason = _line_problem(raw, (model, *aliases), urls, seen, used)
         if reason is not None:
             bad += 1
             if len(problems) < SHOWN_PROBLEMS:
@@ -83,12 +70,14 @@ def check_lines(lines: Iterable[bytes], model: str, urls: Sequence[str]) -> File
 
 
 def _line_problem(
-    raw: bytes, model: str, urls: Sequence[str], seen: set[str], used: set[str]
+    raw: bytes, names: Sequence[str], urls: Sequence[str], seen: set[str], used: set[str]
 ) -> str | None:
+    model = names[0]
     try:
-        line = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return "not a JSON object"
+        # UTF-8, bounded nesting, no lone surrogate: what the job and every reader can take
+        line = jsonsafe.parse(raw)
+    except jsonsafe.JSONProblem as problem:
+        return f"the line {problem}"
     if not isinstance(line, dict):
         return "not a JSON object"
     custom_id = line.get("custom_id")
@@ -106,7 +95,7 @@ def _line_problem(
     body = line.get("body")
     if not isinstance(body, dict):
         return "body is missing (a JSON object)"
-    if body.get("model") != model:
+    if body.get("model") not in names:
         return f"body.model is {body.get('model')!r}, not the batch's model {model!r}"
     if body.get("stream"):
         return "body.stream is true; batch answers are whole, remove it"
@@ -139,17 +128,12 @@ def rejection(check: FileCheck, field: str) -> APIError | None:
     )
 
 
-def check_file(path: Path, model: str, urls: Sequence[str], field: str) -> FileCheck:
-    """Read and check an input file; raise the 400 a user can act on."""
-    try:
-        with open(path, "rb") as handle:
-            check = check_lines(handle, model, urls)
-    except FileNotFoundError:
-        raise APIError(400, f"'{field}' {path} does not exist.", param=field) from None
-    except IsADirectoryError:
-        raise APIError(400, f"'{field}' {path} is a folder, not a file.", param=field) from None
-    except PermissionError:
-        raise APIError(400, f"'{field}' {path} cannot be read by the service.") from None
+def check_file(
+    path: Path, model: str, urls: Sequence[str], field: str, aliases: Sequence[str] = ()
+) -> FileCheck:
+    """Check a batch's stored input (the service's own copy); raise the 400 a user can act on."""
+    with open(path, "rb") as handle:
+        check = check_lines(handle, model, urls, aliases)
     error = rejection(check, field)
     if error is not None:
         raise error
