@@ -78,6 +78,25 @@ class BatchSettings(_Settings):
     )
     concurrency: int = Field(default=64, ge=1, le=1024, description="requests in flight a job")
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
+    max_files_per_user: int = Field(
+        default=100, ge=1, description="uploads (POST /v1/files) one user may keep"
+    )
+    max_bytes_per_user: int = Field(
+        default=10 * 1024**3, ge=1024, description="bytes of uploads one user may keep"
+    )
+    upload_check_s: float = Field(
+        default=120, gt=0, description="how long checking an upload's lines may take"
+    )
+    max_input_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="a guide batch's input_file (copied into the batch's folder at submit)",
+    )
+    io_timeout_s: float = Field(
+        default=120,
+        gt=0,
+        description="how long a batch request's file work may take (then a 504)",
+    )
     prestart_engines: bool = Field(
         default=True,
         description="engine executor: start each batch model's engine (no job) with the router",
@@ -99,6 +118,27 @@ class DirectPathSettings(_Settings):
     )
 
 
+class LimitsSettings(_Settings):
+    """Bounds on what one request may ask of a model."""
+
+    max_n: int = Field(default=8, ge=1, le=128, description="most choices (n) a request may ask")
+
+
+class MetricsSettings(_Settings):
+    """Who may read GET /metrics: it names every model, private ones included."""
+
+    access: Literal["key", "public", "off"] = Field(
+        default="key",
+        description="key: a bearer token from token_file; public: anyone who reaches the "
+        "router; off: no /metrics",
+    )
+    token_file: str = Field(
+        default="metrics-token",
+        description="access key: the token's file, relative to state_dir; created (0600) "
+        "with a random token when missing",
+    )
+
+
 class _RouterSettings(_Settings):
     """One router deployment."""
 
@@ -112,6 +152,8 @@ class _RouterSettings(_Settings):
     log_prompts: bool = False
     auth: AuthSettings
     batches: BatchSettings = BatchSettings()
+    limits: LimitsSettings = LimitsSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 class EngineRouterSettings(_RouterSettings):

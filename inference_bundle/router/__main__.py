@@ -13,7 +13,12 @@ from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import AuthConfigError
-from inference_bundle.router.service import build_service
+from inference_bundle.router.service import (
+    StateFolderInUse,
+    build_service,
+    lock_state_folder,
+    state_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +31,8 @@ def main(config: Path, root: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         settings = load_settings(config, root)
+        # Held until the process ends: a second router on this folder stops here.
+        lock = lock_state_folder(state_folder(settings, root))
         service = build_service(settings, root)
     except ConfigError as err:
         for problem in err.problems:
@@ -33,6 +40,9 @@ def main(config: Path, root: Path) -> None:
         sys.exit(1)
     except AuthConfigError as err:
         click.echo(f"{config}: {err}", err=True)
+        sys.exit(1)
+    except StateFolderInUse as err:
+        click.echo(f"{config}: state_dir: {err}", err=True)
         sys.exit(1)
     uvicorn.run(
         create_app(service),
@@ -43,6 +53,7 @@ def main(config: Path, root: Path) -> None:
         loop="uvloop",
         timeout_graceful_shutdown=5,
     )
+    lock.close()
 
 
 main()

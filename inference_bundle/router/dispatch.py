@@ -22,6 +22,8 @@ from inference_bundle.router.states import ModelState, ModelStatus, StateTracker
 OnWait = Callable[[ModelStatus, float], Awaitable[None]]
 # What a user is told to wait before trying again, by the state the model was left in.
 RETRY_AFTER_S = {ModelState.QUEUED: 60, ModelState.STARTING: 15}
+# A task reaches its node after a little travel: its caller's wait ends this much later there.
+EXPIRY_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,10 @@ class Dispatcher:
     """Submits the registered entry point for a route and awaits its answer.
 
     A request waits at most ``wait_s``; past that it gets a 503 with the model's state and
-    Retry-After, while its task goes on starting the model for the next request. With a
+    Retry-After, while its task goes on starting the model for the next request. A task
+    handed to an engine or to Globus Compute cannot be withdrawn, so each carries
+    ``expires_at``: when it reaches a node after its caller gave up, the node runtime starts
+    the model but does not send the request (no generation nobody reads). With a
     ``direct`` path, requests for a model whose server runs on this host skip the endpoint
     (see inference_bundle.router.direct).
     """
@@ -78,7 +83,8 @@ class Dispatcher:
                 code="executor_failed",
             ) from None
         cold = self.tracker.begin(key)
-        future = executor.submit(serve, self.runtime_version, route.spec, request)
+        expiring = {**request, "expires_at": time.time() + self.wait_s + EXPIRY_MARGIN_S}
+        future = executor.submit(serve, self.runtime_version, route.spec, expiring)
         future.add_done_callback(lambda done: self._finished(route, done))
         waiting = asyncio.wrap_future(future)
         while True:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from inference_bundle.config.settings import MetricsSettings
+from inference_bundle.router.auth import AuthConfigError
 from inference_bundle.router.states import ModelState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
@@ -59,3 +64,33 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StatesCollector(states))
+
+
+def metrics_token(settings: MetricsSettings, state_dir: Path) -> str | None:
+    """The bearer token GET /metrics asks for (access key), made on first start; else None.
+
+    The metrics name every model and its traffic, private ones included, so by default only
+    the operators, who can read the router's state folder, may read them.
+    """
+    if settings.access != "key":
+        return None
+    path = Path(settings.token_file)
+    path = path if path.is_absolute() else state_dir / path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise AuthConfigError(f"metrics.token_file: cannot read {path}: {err}") from None
+    if not token:
+        raise AuthConfigError(
+            f"metrics.token_file: {path} is empty; write a token in it, or delete it and "
+            "the router makes one"
+        )
+    return token

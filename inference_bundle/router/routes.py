@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,15 @@ from inference_bundle.router.errors import APIError, unknown_cluster
 
 # The OpenAI paths each framework serves, by its name (a route's ``framework``).
 FRAMEWORK_PATHS: dict[str, tuple[str, ...]] = {name: f.paths for name, f in FRAMEWORKS.items()}
+# The operations a model of each kind answers (vLLM serves an embedding model on
+# /v1/embeddings only, and a generating model everywhere but there).
+_GENERATE = ("/v1/chat/completions", "/v1/completions")
+KIND_PATHS: dict[str, tuple[str, ...]] = {
+    "chat": _GENERATE,
+    "vision": _GENERATE,
+    "base": _GENERATE,
+    "embedding": ("/v1/embeddings",),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,21 @@ class Route:
     def endpoint_name(self) -> str:
         return self.entry.endpoint_name
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a request may use: the served name, then the aliases."""
+        return tuple(self.entry.endpoint.names)
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The OpenAI paths this model answers: its framework's, for its kind."""
+        kind = KIND_PATHS[self.entry.endpoint.kind]
+        return tuple(p for p in self.framework_info.paths if p in kind)
+
+
+# Whether the caller may use a route (auth.may_use with the caller bound); None: anyone.
+Allowed = Callable[[Route], bool]
+
 
 class RouteTable:
     """Model names and aliases → routes, per cluster; errors say where a model is instead."""
@@ -65,10 +89,18 @@ class RouteTable:
         seen = {id(route): route for name in clusters for route in self._by_cluster[name].values()}
         return sorted(seen.values(), key=lambda r: (r.cluster, r.model))
 
-    def lookup(self, model: str, cluster: str | None = None, framework: str | None = None) -> Route:
+    def lookup(
+        self,
+        model: str,
+        cluster: str | None = None,
+        framework: str | None = None,
+        allowed: Allowed | None = None,
+    ) -> Route:
         """The route for ``model``; raise an APIError a user can act on.
 
-        ``framework`` is the URL segment the request came under, if any.
+        ``framework`` is the URL segment the request came under, if any. With ``allowed``,
+        hints name only models the caller may use, and a model the caller may not use is
+        returned without a word on where it is served (the caller's 403 comes next).
         """
         if cluster is not None and cluster not in self._by_cluster:
             raise unknown_cluster(cluster, self.clusters)
@@ -78,7 +110,7 @@ class RouteTable:
             if model in self._by_cluster[c]
         ]
         if not candidates:
-            raise self._unknown(model, cluster)
+            raise self._unknown(model, cluster, allowed)
         enabled = [r for r in candidates if r.entry.endpoint.enabled]
         if not enabled:
             route = candidates[0]
@@ -89,20 +121,24 @@ class RouteTable:
                 param="model",
                 code="model_disabled",
             )
-        route = enabled[0]
-        if framework is not None and route.framework_info.url_segment != framework:
-            raise APIError(
-                400,
-                f"The model '{model}' is served by {route.framework}, not {framework}: use "
-                f"{route.framework_info.base_path(route.cluster)}.",
-                param="model",
-                code="wrong_framework",
-            )
+        usable = [r for r in enabled if allowed is None or allowed(r)]
+        if not usable:
+            return enabled[0]
+        route = usable[0]
+        if framework is not None:
+            check_framework(route, model, framework)
         return route
 
-    def _unknown(self, model: str, cluster: str | None) -> APIError:
+    def _unknown(self, model: str, cluster: str | None, allowed: Allowed | None) -> APIError:
         clusters = [cluster] if cluster else self.clusters
-        served = sorted({r.model for c in clusters for r in self._by_cluster[c].values()})
+        served = sorted(
+            {
+                r.model
+                for c in clusters
+                for r in self._by_cluster[c].values()
+                if allowed is None or allowed(r)
+            }
+        )
         close = difflib.get_close_matches(model, served, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         where = f" on {cluster}" if cluster else ""
@@ -113,3 +149,31 @@ class RouteTable:
             param="model",
             code="model_not_found",
         )
+
+
+def check_framework(route: Route, model: str, framework: str) -> None:
+    """The 400 for a model asked for under another framework's URL, saying where it is."""
+    if route.framework_info.url_segment != framework:
+        raise APIError(
+            400,
+            f"The model '{model}' is served by {route.framework}, not {framework}: use "
+            f"{route.framework_info.base_path(route.cluster)}.",
+            param="model",
+            code="wrong_framework",
+        )
+
+
+def check_operation(route: Route, model: str, path: str) -> None:
+    """The 400 for an operation the model does not answer, saying which it does and where."""
+    operations = route.operations
+    if path in operations:
+        return
+    base = route.framework_info.base_path(route.cluster)
+    served = " and ".join(p.removeprefix("/v1") for p in operations)
+    raise APIError(
+        400,
+        f"The model '{model}' is a {route.entry.endpoint.kind} model: it answers {served} "
+        f"under {base}, not {path}.",
+        param="model",
+        code="wrong_operation",
+    )

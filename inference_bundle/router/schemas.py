@@ -31,6 +31,7 @@ class EmbeddingRequest(_OpenAIRequest):
     input: str | list[str] | Tokens | list[Tokens]
 
 
+# The operations with checks of their own; any other carries at least a model.
 OPERATIONS: dict[str, type[_OpenAIRequest]] = {
     "/v1/chat/completions": ChatRequest,
     "/v1/completions": CompletionRequest,
@@ -43,7 +44,7 @@ def validate(path: str, body: Any) -> _OpenAIRequest:
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     try:
-        return OPERATIONS[path].model_validate(body)
+        return OPERATIONS.get(path, _OpenAIRequest).model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None

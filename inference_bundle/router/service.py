@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import node_runtime
 
@@ -26,7 +28,7 @@ from inference_bundle.router.executors.globus import (
 )
 from inference_bundle.router.executors.pool import ExecutorPool, engine_factory
 from inference_bundle.router.joblisting import JobListing
-from inference_bundle.router.metrics import Metrics
+from inference_bundle.router.metrics import Metrics, metrics_token
 from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.states import StateTracker
 
@@ -43,6 +45,7 @@ class RouterService:
     job_listing: JobListing
     batches: BatchService
     closers: list[Callable[[], None]] = field(default_factory=list)
+    metrics_token: str | None = None  # what GET /metrics asks for when metrics.access is key
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -65,8 +68,7 @@ def build_service(
     tracker = StateTracker()
     for route in table.routes():
         tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
-    state_dir = Path(settings.state_dir)
-    state_dir = state_dir if state_dir.is_absolute() else root / state_dir
+    state_dir = state_folder(settings, root)
     closers: list[Callable[[], None]] = []
     if settings.executor == "engine":
         pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
@@ -119,7 +121,43 @@ def build_service(
         job_listing=job_listing,
         closers=closers,
         batches=batches,
+        metrics_token=metrics_token(settings.metrics, state_dir),
     )
+
+
+class StateFolderInUse(Exception):
+    """Another router holds the state folder: two would share its records and servers."""
+
+
+def state_folder(settings: RouterSettings, root: Path) -> Path:
+    """The router's state folder; a relative state_dir is taken from ``root``."""
+    state_dir = Path(settings.state_dir)
+    return state_dir if state_dir.is_absolute() else root / state_dir
+
+
+def lock_state_folder(state_dir: Path) -> IO[str]:
+    """Hold ``state_dir/router.lock`` for as long as the returned file stays open.
+
+    A POSIX lock (fcntl.lockf) is the process's own: children that the engines fork do not
+    inherit it, so it ends with the router, however the router ends.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "router.lock", "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateFolderInUse(
+            f"{state_dir}: another router (pid {holder}) is using this state folder; stop "
+            "it first, or give this router a state_dir of its own"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _batch_service(
@@ -145,6 +183,7 @@ def _batch_service(
         auth=settings.auth,
         files_dir=state_dir / "batches" / "files",
         max_file_bytes=settings.batches.max_file_bytes,
+        upload_limits=settings.batches,
     )
 
 

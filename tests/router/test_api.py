@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ async def test_chat_through_the_openai_sdk(harness: Harness) -> None:
     answer = await openai_client(harness).chat.completions.create(model=TINY, messages=HELLO)
     assert answer.choices[0].message.content == "hello there"
     [sent] = harness.endpoint.submitted
+    expires_at = sent.pop("expires_at")  # when the caller stops waiting (see test_bounds.py)
+    assert expires_at > time.time()
     assert sent == {
         "method": "POST",
         "path": "/v1/chat/completions",
@@ -195,7 +198,7 @@ async def test_list_endpoints(harness: Harness) -> None:
     local = response.json()["clusters"]["local"]["frameworks"]
     assert local["vllm"]["models"][0] == {
         "id": TINY,
-        "aliases": [],
+        "aliases": ["local/tiny-llama-previous"],
         "kind": "chat",
         "batch": True,
         "state": "ready",
@@ -266,7 +269,8 @@ async def test_jobs_shows_a_model_waiting_for_its_job(harness: Harness) -> None:
 
 async def test_metrics(harness: Harness) -> None:
     await openai_client(harness).chat.completions.create(model=TINY, messages=HELLO)
-    text = (await harness.client.get("/metrics")).text
+    token = {"Authorization": f"Bearer {harness.service.metrics_token}"}
+    text = (await harness.client.get("/metrics", headers=token)).text
     labels = 'model="local/tiny-llama",operation="/v1/chat/completions",status="200"'
     assert f"router_requests_total{{{labels}}} 1.0" in text
     assert 'router_cold_starts_total{model="local/tiny-llama"} 1.0' in text

@@ -10,6 +10,7 @@ import inspect
 import json
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
@@ -193,6 +194,7 @@ async def test_chat_through_the_app_reaches_the_sdk(tmp_path: Path) -> None:
     assert function_id == SERVE_ID
     version, spec, request = args
     assert spec["weights"] == "/raid/argonne_tpc/model_weights/Meta-Llama-3.1-8B-Instruct"
+    assert request.pop("expires_at") > time.time()  # when the caller stops waiting
     assert request == {"method": "POST", "path": "/v1/chat/completions", "body": body}
     assert json.loads(response.text)["choices"][0]["message"]["content"] == "hello there"
     service.shutdown()

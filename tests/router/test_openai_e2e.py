@@ -86,7 +86,9 @@ def test_chat_completions_models_and_streaming(router: RunningRouter) -> None:
 def _paths(router: RunningRouter) -> dict[str, float]:
     """router_request_paths_total by the way requests went: endpoint, direct, none."""
     counts = {}
-    for line in httpx.get(router.url + "/metrics").text.splitlines():
+    token = (router.root / ".state" / "patient" / "metrics-token").read_text().strip()
+    metrics = httpx.get(router.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    for line in metrics.text.splitlines():
         if line.startswith("router_request_paths_total{"):
             labels, value = line.rsplit(" ", 1)
             counts[labels.split('"')[1]] = float(value)

@@ -68,8 +68,8 @@ def test_direct_path_under_the_globus_executor_is_a_foreign_field(tmp_path: Path
     [(file, field, message)] = _problems(tmp_path, executor="globus")
     assert (file, field) == ("router.yaml", "direct_path")
     assert message == (
-        "unknown field; valid fields here are: auth, batches, clusters, executor, listen, "
-        "log_prompts, max_body_bytes, state_dir, wait_s"
+        "unknown field; valid fields here are: auth, batches, clusters, executor, limits, "
+        "listen, log_prompts, max_body_bytes, metrics, state_dir, wait_s"
     )
 
 

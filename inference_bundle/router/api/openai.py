@@ -12,21 +12,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from inference_bundle.config.frameworks import FRAMEWORKS
 from inference_bundle.router import streaming
 from inference_bundle.router.accesslog import log_request
 from inference_bundle.router.api.common import authenticate, bound_route, read_json
-from inference_bundle.router.auth import check_access
+from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.dispatch import Answer
 from inference_bundle.router.errors import APIError
-from inference_bundle.router.routes import FRAMEWORK_PATHS, Route
-from inference_bundle.router.schemas import OPERATIONS, validate
+from inference_bundle.router.routes import Route, check_framework, check_operation
+from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
 from inference_bundle.router.states import ModelStatus
 
+# Every POST operation some framework serves (config/frameworks.py), by its URL tail.
 OPERATION_PATHS = {
-    "chat/completions": "/v1/chat/completions",
-    "completions": "/v1/completions",
-    "embeddings": "/v1/embeddings",
+    path.removeprefix("/v1/"): path
+    for info in FRAMEWORKS.values()
+    for path in info.paths
+    if path != "/v1/models"
 }
 # Keys the router handles itself: the runtime always answers whole (see streaming.py).
 _STREAM_KEYS = ("stream", "stream_options")
@@ -52,8 +55,6 @@ async def operation(service: RouterService, request: Request) -> Response:
 
 
 async def _serve(service: RouterService, request: Request, path: str) -> Response:
-    if path not in OPERATIONS:
-        raise APIError(404, f"Unknown operation {request.url.path}.", code="not_found")
     began = time.monotonic()
     request_id = uuid.uuid4().hex[:16]
     request.state.request_id = request_id
@@ -62,13 +63,18 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     framework = request.path_params.get("framework")
     body = await read_json(request, service.settings.max_body_bytes)
     parsed = validate(path, body)
-    route = service.table.lookup(parsed.model, cluster, framework)
-    if path not in FRAMEWORK_PATHS[route.framework]:
-        raise APIError(
-            400, f"{route.framework} does not serve {path}.", param="model", code="wrong_framework"
-        )
-    check_access(caller, service.settings.auth, route.cluster, route.entry.endpoint.groups)
+    auth = service.settings.auth
+    # Access before any word on where the model is served: a caller who may not use it
+    # learns nothing more than its name, which they typed.
+    route = service.table.lookup(parsed.model, cluster, None, allowed_routes(caller, auth))
+    check_access(caller, auth, route.cluster, route.entry.endpoint.groups)
+    check_operation(route, parsed.model, path)
+    if framework is not None:
+        check_framework(route, parsed.model, framework)
+    check_n(body, service.settings.limits.max_n)
+    # The backend serves the model under its served name only; an alias is the router's.
     forward = {k: v for k, v in body.items() if k not in _STREAM_KEYS}
+    forward["model"] = route.model
     runtime_request = {"method": "POST", "path": path, "body": forward}
     context = {
         "request_id": request_id,
@@ -82,7 +88,9 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
         context["body"] = forward
     if parsed.stream:
         include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-        events = _stream(service, route, runtime_request, path, include_usage, began, context)
+        events = _stream(
+            service, route, runtime_request, path, include_usage, began, context, parsed.model
+        )
         return StreamingResponse(
             events,
             media_type="text/event-stream",
@@ -95,7 +103,9 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
         raise
     _record(service, context, answer.status, began, answer)
     return JSONResponse(
-        _answer_body(answer), status_code=answer.status, headers={"X-Request-Id": request_id}
+        _answer_body(answer, parsed.model),
+        status_code=answer.status,
+        headers={"X-Request-Id": request_id},
     )
 
 
@@ -107,6 +117,7 @@ async def _stream(
     include_usage: bool,
     began: float,
     context: dict[str, Any],
+    asked: str,
 ) -> AsyncIterator[str]:
     notes: asyncio.Queue[str] = asyncio.Queue()
 
@@ -131,7 +142,7 @@ async def _stream(
         yield streaming.DONE
         return
     _record(service, context, answer.status, began, answer)
-    body = _answer_body(answer)
+    body = _answer_body(answer, asked)
     if answer.status >= 400:
         yield streaming.event(body)
     else:
@@ -140,10 +151,32 @@ async def _stream(
     yield streaming.DONE
 
 
-def _answer_body(answer: Answer) -> Any:
-    """The backend's body; errors always in OpenAI's shape, whatever the backend sent."""
+def check_n(body: dict[str, Any], max_n: int) -> None:
+    """The 400 for more choices than the router's limits.max_n, or an n that is no count."""
+    n = body.get("n")
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise APIError(
+            400, f"'n' must be a whole number from 1 to {max_n}.", param="n", code="invalid_value"
+        )
+    if n > max_n:
+        raise APIError(
+            400,
+            f"'n' is {n}, above this router's limit of {max_n} choices a request; ask for at "
+            f"most {max_n}, or send several requests.",
+            param="n",
+            code="invalid_value",
+        )
+
+
+def _answer_body(answer: Answer, asked: str) -> Any:
+    """The backend's body, named as the user asked; errors always in OpenAI's shape."""
     body = answer.body
     if answer.status < 400:
+        # The served name went to the backend; an alias comes back as the user wrote it.
+        if isinstance(body, dict) and "model" in body:
+            return {**body, "model": asked}
         return body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body

@@ -14,7 +14,7 @@ from inference_bundle.config.settings import AuthSettings
 from inference_bundle.router.auth.credentials import AuthConfigError, Authenticator, Caller
 from inference_bundle.router.auth.globus import GlobusAuthenticator
 from inference_bundle.router.auth.keys import KeysAuthenticator, create_api_key
-from inference_bundle.router.auth.policy import check_access, may_use
+from inference_bundle.router.auth.policy import allowed_routes, check_access, may_use
 
 __all__ = [
     "AuthConfigError",
@@ -22,6 +22,7 @@ __all__ = [
     "Caller",
     "GlobusAuthenticator",
     "KeysAuthenticator",
+    "allowed_routes",
     "build_authenticator",
     "check_access",
     "create_api_key",

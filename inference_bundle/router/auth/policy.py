@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from inference_bundle.config.settings import AuthSettings
 from inference_bundle.router.auth.credentials import Caller
 from inference_bundle.router.errors import APIError
+
+if TYPE_CHECKING:
+    from inference_bundle.router.routes import Route
 
 
 def identity_domain(user: str) -> str | None:
@@ -54,6 +58,15 @@ def may_use(
 ) -> bool:
     """Whether the caller passes the cluster's policy and the endpoint's group list."""
     return not _missing(caller, auth, cluster, endpoint_groups)
+
+
+def allowed_routes(caller: Caller, auth: AuthSettings) -> Callable[[Route], bool]:
+    """Whether the caller may use a route: what hints and listings may name to them."""
+
+    def allowed(route: Route) -> bool:
+        return may_use(caller, auth, route.cluster, route.entry.endpoint.groups)
+
+    return allowed
 
 
 def check_access(
