@@ -42,6 +42,7 @@ async def test_a_guide_batch_runs_to_completion(
     batch = created.json()
     assert batch["object"] == "batch" and batch["status"] == "in_progress"
     done = await wait_for(batches, f"{GUIDE}/{batch['id']}", ("completed",))
+    assert done["input_file"] == str(source)  # what the user named; the job ran a copy
     assert done["request_counts"] == {"total": 40, "completed": 39, "failed": 1}
     output = [json.loads(x) for x in Path(done["output_file_path"]).read_text().splitlines()]
     assert sorted(x["custom_id"] for x in output) == sorted(f"r-{n}" for n in range(40) if n != 7)

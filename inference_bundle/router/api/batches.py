@@ -254,6 +254,6 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
         "cancelled_at": final if batch.status == "cancelled" else None,
         "request_counts": _counts(batch),
         "metadata": batch.metadata,
-        "input_file": batch.input_path,
+        "input_file": batch.submitted_input or batch.input_path,
         "output_file_path": batch.output_path,
     }

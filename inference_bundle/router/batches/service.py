@@ -159,6 +159,7 @@ class BatchService:
         ``source`` is the uploaded file the batch runs, or the user's path, whose stored
         copy becomes the batch's input file.
         """
+        submitted = source if isinstance(source, str) else None
         if isinstance(source, str):
             name = os.path.basename(source)
             source = self.store.add_file(caller.user, name, "batch", staged.folder / INPUT)
@@ -179,6 +180,7 @@ class BatchService:
             created_at=now,
             in_progress_at=now,
             metadata=metadata,
+            submitted_input=submitted,
         )
         self.store.save(batch)
         self.runner.start(batch)

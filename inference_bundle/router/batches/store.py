@@ -67,6 +67,8 @@ class BatchRecord:
     error_file_id: str | None = None
     errors: list[dict[str, Any]] | None = None
     metadata: dict[str, str] | None = None
+    # The path the user named (guide API), shown back to them; never opened again.
+    submitted_input: str | None = None
 
     def with_(self, **changes: Any) -> BatchRecord:
         return replace(self, **changes)
