@@ -159,7 +159,7 @@ def test_an_expired_request_starts_the_server_but_is_not_sent(
         yield ServerHandle(echo_port, "s-1", True, 1.5, str(tmp_path))
 
     monkeypatch.setattr(proxy, "use_server", ready_server)
-    spec = vllm_spec("tiny-expired", tmp_path)
+    spec = vllm_spec("tiny-expired", tmp_path, require=False)  # use_server is replaced
     request = {"method": "POST", "path": "/v1/completions", "body": {"prompt": "x"}}
     late = proxy.handle(spec, {**request, "expires_at": time.time() - 1})
     assert late["status"] == 504 and late["expired"] is True and late["server"] == "started"
