@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,22 @@ def stop_servers(root: Path) -> None:
         spec = server_spec(entry, catalog.profile)
         for role in ("interactive", "batch"):
             node_runtime.stop_server(node_runtime.ServerSpec.from_dict({**spec, "role": role}))
+
+
+def batch_deployment(tmp: Path) -> Iterator[Path]:
+    """A scratch root with a batch input folder, for a module's own router; stops its servers.
+
+    For modules whose tests kill servers or restart routers (the session's shared router must
+    stay as it is): ``yield from batch_deployment(tmp_path_factory.mktemp(...))``.
+    """
+    root = scratch_root(tmp)
+    (root / ".state" / "batches").mkdir(parents=True)
+    yield root
+    stop_servers(root)
+
+
+def module_router(root: Path, name: str) -> Iterator[RunningRouter]:
+    """A module's own router over ``root`` (waits up to 300 s for a cold model); stopped after."""
+    running = start_router(root, name, wait_s=300)
+    yield running
+    stop_router(running)

@@ -23,10 +23,8 @@ from inference_bundle.router.auth import create_api_key
 from tests.e2e_router import (
     TINY,
     RunningRouter,
-    scratch_root,
-    start_router,
-    stop_router,
-    stop_servers,
+    batch_deployment,
+    module_router,
 )
 from tests.router.test_batches_e2e import COLD_S, GUIDE, headers, request_line, wait_until
 
@@ -36,20 +34,16 @@ HEALTH_S = 0.1
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = scratch_root(tmp_path_factory.mktemp("batch-safety"))
-    (root / ".state" / "batches").mkdir(parents=True)
-    shared = root / ".state" / "batches" / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)  # the guide's world-writable output folder
-    yield root
-    stop_servers(root)
+    for root in batch_deployment(tmp_path_factory.mktemp("batch-safety")):
+        shared = root / ".state" / "batches" / "shared"
+        shared.mkdir()
+        os.chmod(shared, 0o1777)  # the guide's world-writable output folder
+        yield root
 
 
 @pytest.fixture(scope="module")
 def router(root: Path) -> Iterator[RunningRouter]:
-    running = start_router(root, "safety", wait_s=300)
-    yield running
-    stop_router(running)
+    yield from module_router(root, "safety")
 
 
 def write(root: Path, name: str, lines: list[Any]) -> Path:

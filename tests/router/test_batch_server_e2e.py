@@ -21,8 +21,12 @@ from node_runtime.state import ServerPaths, ServerState, read_state
 
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
-from tests.e2e_router import TINY, RunningRouter, scratch_root, start_router, stop_router
-from tests.e2e_router import stop_servers as stop_all_servers
+from tests.e2e_router import (
+    TINY,
+    RunningRouter,
+    batch_deployment,
+    module_router,
+)
 
 # Two cold vLLM starts, a restart, and the batch job's idle end (60 s + the watchdog's round).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -32,17 +36,12 @@ COLD_S = 600
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = scratch_root(tmp_path_factory.mktemp("batch-server-e2e"))
-    (root / ".state" / "batches").mkdir(parents=True)
-    yield root
-    stop_all_servers(root)
+    yield from batch_deployment(tmp_path_factory.mktemp("batch-server-e2e"))
 
 
 @pytest.fixture(scope="module")
 def router(root: Path) -> Iterator[RunningRouter]:
-    running = start_router(root, "batch-server", wait_s=300)
-    yield running
-    stop_router(running)
+    yield from module_router(root, "batch-server")
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from tests.e2e_router import (
     MINILM,
     TINY,
     RunningRouter,
-    scratch_root,
+    batch_deployment,
+    module_router,
     start_router,
     stop_router,
-    stop_servers,
 )
 
 # The restart test waits for a cold batch twice (COLD_S each) and starts two routers.
@@ -36,17 +36,12 @@ COLD_S = 600
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = scratch_root(tmp_path_factory.mktemp("batches-e2e"))
-    (root / ".state" / "batches").mkdir(parents=True)
-    yield root
-    stop_servers(root)
+    yield from batch_deployment(tmp_path_factory.mktemp("batches-e2e"))
 
 
 @pytest.fixture(scope="module")
 def router(root: Path) -> Iterator[RunningRouter]:
-    running = start_router(root, "batches", wait_s=300)
-    yield running
-    stop_router(running)
+    yield from module_router(root, "batches")
 
 
 def request_line(n: int) -> dict[str, Any]:
