@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import pytest
 from node_runtime import ServerSpec, SpecError, procs, watchdog
 from node_runtime.state import (
     ServerPaths,
-    ServerState,
     model_key,
     read_state,
     stamp_use,
-    write_state,
 )
 
+from .fake_server import Anchors, fake_server
 from .local_backends import vllm_spec
 
 
@@ -60,26 +58,8 @@ def _job(jobs: list[subprocess.Popen[bytes]]) -> tuple[int, int | None]:
     return job.pid, procs.start_ticks(job.pid)
 
 
-def _server(tmp_path: Path, anchors: tuple[tuple[int, int | None], ...]) -> ServerPaths:
-    paths = ServerPaths.for_model(str(tmp_path), "fake", "batch")
-    pid = procs.spawn(["sleep", "300"], env=dict(os.environ), cwd=tmp_path, log=tmp_path / "l")
-    state = ServerState(
-        server_id="s1",
-        name="fake",
-        framework="vllm",
-        pid=pid,
-        pid_ticks=procs.start_ticks(pid),
-        pgid=pid,
-        port=procs.free_port(),
-        spec_hash="h",
-        started_at=time.time(),
-        ready_at=time.time(),
-        idle_timeout_s=3600,
-        stop_grace_s=1.0,
-        anchors=anchors,
-        role="batch",
-    )
-    write_state(paths, state)
+def _server(tmp_path: Path, anchors: Anchors) -> ServerPaths:
+    paths, _state = fake_server(tmp_path, anchors=anchors, role="batch")
     stamp_use(paths)  # just used: only the anchors may stop it
     return paths
 

@@ -22,13 +22,12 @@ from node_runtime.proxy import check_request
 from node_runtime.server import ServerHandle
 from node_runtime.state import (
     ServerPaths,
-    ServerState,
     hold_in_flight,
     read_state,
     release_in_flight,
-    write_state,
 )
 
+from .fake_server import fake_server
 from .local_backends import infinity_spec, vllm_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,31 +247,8 @@ def test_a_kept_connection_takes_the_new_timeout() -> None:
         server.server_close()
 
 
-def _fake_server(tmp_path: Path, idle_timeout_s: float) -> tuple[ServerPaths, ServerState]:
-    """A recorded 'server' that is a plain process group, for the watchdog's decisions."""
-    paths = ServerPaths.for_model(str(tmp_path), "fake")
-    pid = procs.spawn(["sleep", "300"], env=dict(os.environ), cwd=tmp_path, log=tmp_path / "l")
-    state = ServerState(
-        server_id="s1",
-        name="fake",
-        framework="vllm",
-        pid=pid,
-        pid_ticks=procs.start_ticks(pid),
-        pgid=pid,
-        port=procs.free_port(),
-        spec_hash="h",
-        started_at=time.time(),
-        ready_at=time.time(),
-        idle_timeout_s=idle_timeout_s,
-        stop_grace_s=1.0,
-        anchors=((os.getpid(), procs.start_ticks(os.getpid())),),
-    )
-    write_state(paths, state)
-    return paths, state
-
-
 def test_the_watchdog_never_stops_a_server_with_a_request_in_flight(tmp_path: Path) -> None:
-    paths, state = _fake_server(tmp_path, idle_timeout_s=0.2)
+    paths, state = fake_server(tmp_path, idle_timeout_s=0.2)
     marker = hold_in_flight(paths)
     time.sleep(0.4)
     assert watchdog.check_once(paths, "s1")[0] is True  # idle long enough, but busy
@@ -286,7 +262,7 @@ def test_the_watchdog_never_stops_a_server_with_a_request_in_flight(tmp_path: Pa
 
 
 def test_the_watchdog_leaves_a_replaced_server_alone(tmp_path: Path) -> None:
-    paths, state = _fake_server(tmp_path, idle_timeout_s=0.1)
+    paths, state = fake_server(tmp_path, idle_timeout_s=0.1)
     time.sleep(0.2)
     assert watchdog.check_once(paths, "another-id") == (False, 0.0)
     assert procs.is_alive(state.pid)
