@@ -26,10 +26,10 @@ from tests.e2e_router import (
     batch_deployment,
     module_router,
 )
+from tests.responsiveness import responsive
 from tests.router.test_batches_e2e import COLD_S, GUIDE, headers, request_line, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-HEALTH_S = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,8 @@ class HealthWatch:
         self._thread.join(timeout=30)
 
     def fast(self) -> bool:
-        """19 answers in 20 within 100 ms, none over 1 s: the loop was never held.
-
-        A held loop holds every poll for the whole attack; the odd slow poll is this shared
-        two-core machine's other load (the test's own client threads included).
-        """
-        ranked = sorted(self.took)
-        return bool(ranked) and ranked[int(len(ranked) * 0.95)] < HEALTH_S and ranked[-1] < 1
+        """The loop was never held during the attack (see tests/responsiveness.py)."""
+        return responsive(self.took)
 
 
 def test_a_batch_runs_the_bytes_checked_at_submit_into_private_files(

@@ -21,6 +21,7 @@ import pytest
 
 from inference_bundle.router.auth import create_api_key
 from tests.e2e_router import free_port
+from tests.responsiveness import describe, responsive
 from tests.router.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(90)
@@ -84,18 +85,9 @@ def poll_health_during(url: str, work: Callable[[], Any]) -> tuple[Any, list[flo
 
 
 def assert_responsive(latencies: list[float]) -> None:
-    """19 /health answers in 20 within 100 ms, and none over 1 s.
-
-    The test machine is shared: an idle router there now and then answers in 150-250 ms
-    when the OS runs something else. A stalled event loop shows otherwise: parsing or
-    checking this upload on the loop holds every request for 0.4-2 s.
-    """
+    """The upload never held the event loop (see tests/responsiveness.py)."""
     assert len(latencies) >= 3, f"the upload took only {len(latencies)} polls"
-    ranked = sorted(latencies)
-    assert ranked[int(len(ranked) * 0.95)] < 0.1 and ranked[-1] < 1.0, (
-        f"/health took {', '.join(f'{t:.3f}' for t in ranked if t >= 0.1)} s during the "
-        f"upload ({len(latencies)} polls)"
-    )
+    assert responsive(latencies), describe(latencies)
 
 
 @pytest.mark.parametrize(
