@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from inference_bundle.config.frameworks import Framework
 from inference_bundle.config.problems import (
@@ -29,13 +37,36 @@ class _ProviderSettings(_Settings):
 
     parsl_type: ClassVar[str]
     walltime: Walltime = "24:00:00"
-    launcher: Literal["SimpleLauncher", "SingleNodeLauncher", "MpiExecLauncher", "SrunLauncher"] = (
-        "SimpleLauncher"
+    launcher: Literal[
+        "SimpleLauncher", "SingleNodeLauncher", "MpiExecLauncher", "SrunLauncher", "WrappedLauncher"
+    ] = "SimpleLauncher"
+    launcher_prepend: str | None = Field(
+        default=None,
+        validate_default=True,  # so that a WrappedLauncher without one is named
+        description="WrappedLauncher only: the shell words put before the worker pool's command, "
+        "which then runs inside what they start (a container, a network namespace)",
+        examples=["apptainer exec /soft/images/endpoint.sif"],
     )
+
+    @field_validator("launcher_prepend")
+    @classmethod
+    def _prepend_goes_with_wrapped(cls, value: str | None, info: ValidationInfo) -> str | None:
+        launcher = info.data.get("launcher")  # absent when the launcher itself is wrong
+        if launcher == "WrappedLauncher" and not (value or "").strip():
+            raise ValueError(
+                "is required with launcher WrappedLauncher; set it to the command that the "
+                "worker pool's command is appended to"
+            )
+        if launcher not in (None, "WrappedLauncher") and value is not None:
+            raise ValueError(
+                f"is only used by launcher WrappedLauncher (launcher is {launcher}); "
+                "remove it or set launcher: WrappedLauncher"
+            )
+        return value
 
     def free_text(self) -> dict[str, str]:
         """Text the rendered files carry as it is, by field name (must hold no Jinja)."""
-        return {}
+        return {"launcher_prepend": self.launcher_prepend or ""}
 
 
 class _BatchProviderSettings(_ProviderSettings):
@@ -46,7 +77,7 @@ class _BatchProviderSettings(_ProviderSettings):
 
     def free_text(self) -> dict[str, str]:
         """Text the rendered files carry as it is, by field name (must hold no Jinja)."""
-        return {"scheduler_options": self.scheduler_options}
+        return super().free_text() | {"scheduler_options": self.scheduler_options}
 
 
 class PbsProProviderSettings(_BatchProviderSettings):

@@ -138,8 +138,10 @@ def _context(
         "nodes": ep.nodes,
         "gpus": ep.gpus,
         # One worker pool on the first node: a multi-node model is one server spanning
-        # the block through Ray, not one server per node.
-        "launcher": profile.provider.launcher if ep.nodes == 1 else "SimpleLauncher",
+        # the block through Ray, not one server per node. WrappedLauncher starts one already.
+        "launcher": profile.provider.launcher
+        if ep.nodes == 1 or profile.provider.launcher == "WrappedLauncher"
+        else "SimpleLauncher",
         "worker_init": worker_init.strip(),
     }
 

@@ -234,7 +234,8 @@ def test_a_slurm_field_under_a_pbs_profile(repo: Path, edit: Edit) -> None:
     edit(SOPHIA, "  queue: by-node\n", "  queue: by-node\n  partition: gpu\n")
     assert problems(repo) == [
         f"{SOPHIA}: provider.partition: unknown field; valid fields here are: account, "
-        "cpus_per_node, launcher, queue, scheduler_options, select_options, walltime"
+        "cpus_per_node, launcher, launcher_prepend, queue, scheduler_options, select_options, "
+        "walltime"
     ]
 
 
@@ -242,7 +243,8 @@ def test_a_pbs_field_under_a_slurm_profile(repo: Path, edit: Edit) -> None:
     edit(EXAMPLE_SLURM, "  partition: gpu\n", "  partition: gpu\n  select_options: ngpus=4\n")
     assert problems(repo, "example-slurm") == [
         f"{EXAMPLE_SLURM}: provider.select_options: unknown field; valid fields here are: "
-        "account, cpus_per_node, exclusive, launcher, partition, scheduler_options, walltime"
+        "account, cpus_per_node, exclusive, launcher, launcher_prepend, partition, "
+        "scheduler_options, walltime"
     ]
 
 
@@ -250,7 +252,8 @@ def test_a_scheduler_field_under_the_local_profile(repo: Path, edit: Edit) -> No
     path = "config/clusters/local.yaml"
     edit(path, "  launcher: SingleNodeLauncher\n", "  launcher: SingleNodeLauncher\n  account: x\n")
     assert problems(repo, "local") == [
-        f"{path}: provider.account: unknown field; valid fields here are: launcher, walltime"
+        f"{path}: provider.account: unknown field; valid fields here are: launcher, "
+        "launcher_prepend, walltime"
     ]
 
 
