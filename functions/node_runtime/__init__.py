@@ -46,19 +46,24 @@ set by available_accelerators) passes that pin on unless the spec's env override
 
 Request: ``{"method": "POST" | "GET", "path": "/v1/chat/completions", "body": {...} | null}``;
 paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models.
-``stream: true`` is answered with a 400 error body (results travel whole).
+``stream: true`` is answered with a 400 error body (results travel whole; streams ride the
+data plane). Optional fields (runtime 0.3): ``"dial": {"url", "token", "endpoint",
+"ca_file"}`` tells the server's agent where to dial the router and with which credential;
+``"send": false`` only ensures the server (no request is sent); ``"expires_at"`` (epoch s).
 
 Result envelope::
 
     {"runtime_version": str, "status": int, "body": <json>,
      "timings": {"start_wait_s": float, "latency_s": float},
      "server": "started" | "reused",
-     "node": {"host": str, "port": int, "server_id": str, "folder": str}}  # when a server answered
+     "node": {"host": str, "server_id": str}}   # when a server is up
+     # plus "sent": false (send false) or "expired": true (expires_at passed)
 
-A caller on the server's own host may then send requests to 127.0.0.1:<port> itself,
-each inside ``lease_running(folder, server_id)``, which holds the same in-flight marker and
-last-use stamp as a request through ``handle`` and yields None (go through ``handle``) once
-that server is gone, replaced, or being started or stopped.
+The data plane (``node_runtime.dialout``, runtime 0.3): every server runs an agent in its
+own process. Once a task has written the server's dial file, the agent dials the router over
+a WebSocket (``node_runtime.wire``) and runs the requests that come down it against the
+server's application, holding the same in-flight marker and last-use stamp as a request
+through ``handle``.
 
 A backend error keeps its status and OpenAI error body; no answer at all becomes 502.
 Idle teardown: each request holds a shared lock on an in-flight marker and stamps a last-use
@@ -72,16 +77,16 @@ invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 """
 
 # Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
-# of their own, batches that restart a dead server): the router checks it on every call, and
+# of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
+# "send" in the request): the router checks it on every call, and
 # a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402
     ServerHandle,
     ServerStartError,
     ensure_server,
-    lease_running,
     stop_server,
     use_server,
 )
@@ -98,7 +103,6 @@ __all__ = [
     "__version__",
     "ensure_server",
     "handle",
-    "lease_running",
     "stop_server",
     "use_server",
 ]

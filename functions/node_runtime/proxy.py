@@ -6,9 +6,11 @@ import http.client
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import __version__, backend
+from .dialout.agent import write_dial
 from .frameworks import all_operations
 from .server import ServerHandle, use_server
 from .spec import ServerSpec
@@ -22,7 +24,8 @@ class RequestError(ValueError):
 
 
 def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
-    """Validate {"method", "path", "body"[, "expires_at"]} and return the first three."""
+    """Validate {"method", "path", "body"[, "expires_at", "send", "dial"]}; return the first
+    three."""
     if not isinstance(request, Mapping):
         raise RequestError(f"request: expected a dict, got {type(request).__name__}")
     method = str(request.get("method", "POST")).upper()
@@ -40,6 +43,17 @@ def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] 
         isinstance(expires_at, bool) or not isinstance(expires_at, int | float)
     ):
         raise RequestError(f"request {method} {path}: 'expires_at' must be epoch seconds")
+    if not isinstance(request.get("send", True), bool):
+        raise RequestError(f"request {method} {path}: 'send' must be true or false")
+    dial = request.get("dial")
+    if dial is not None and not (
+        isinstance(dial, Mapping)
+        and all(isinstance(dial.get(key), str) for key in ("url", "token", "endpoint"))
+        and isinstance(dial.get("ca_file"), str | None)
+    ):
+        raise RequestError(
+            f"request {method} {path}: 'dial' must be {{url, token, endpoint, ca_file}} strings"
+        )
     return method, str(path), body
 
 
@@ -58,12 +72,13 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
     """Ensure the model's server on this node and forward one request; return the envelope.
 
     The envelope is {"runtime_version", "status", "body", "timings": {"start_wait_s",
-    "latency_s"}, "server": "started" | "reused", "node": {"host", "port", "server_id",
-    "folder"}} ("node" when a server answered: where a caller on the same host may reach it
-    directly, see ``server.lease_running``). A request that expired while it waited for the
-    server is not sent: status 504 with ``"expired": true``. A backend error keeps its status and
-    OpenAI error body. If the server is found gone at connect time it is started again and
-    the request sent once more.
+    "latency_s"}, "server": "started" | "reused", "node": {"host", "server_id"}} ("node"
+    when a server is up). With ``"dial"`` the server's agent is told (again) where to dial
+    the router and with which credential (``node_runtime.dialout``). With ``"send": false``
+    the server is only ensured: status 200, body null, ``"sent": false``. A request that
+    expired while it waited for the server is not sent: status 504 with ``"expired": true``.
+    A backend error keeps its status and OpenAI error body. If the server is found gone at
+    connect time it is started again and the request sent once more.
     """
     if not isinstance(spec, ServerSpec):
         spec = ServerSpec.from_dict(spec)
@@ -87,6 +102,14 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
             start_wait += server.start_wait_s
             started = started or server.started
             began = time.monotonic()
+            dial = request.get("dial")
+            if dial is not None:
+                write_dial(Path(server.folder), dict(dial))
+            if not request.get("send", True):
+                envelope = _envelope(200, None, start_wait, 0.0, started)
+                envelope["sent"] = False
+                envelope["node"] = _node(server)
+                return envelope
             if expired(request):
                 envelope = _envelope(
                     504,
@@ -128,12 +151,7 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
 
 
 def _node(server: ServerHandle) -> dict[str, Any]:
-    return {
-        "host": socket.gethostname(),
-        "port": server.port,
-        "server_id": server.server_id,
-        "folder": server.folder,
-    }
+    return {"host": socket.gethostname(), "server_id": server.server_id}
 
 
 def _envelope(

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import backend, launch, procs
+from .dialout.agent import DIAL_FILE
 from .spec import ServerSpec
 from .state import (
     Anchor,
-    LockTimeout,
     ServerPaths,
     ServerState,
     clear_state,
@@ -76,40 +76,6 @@ def use_server(spec: ServerSpec) -> Iterator[ServerHandle]:
         )
     finally:
         release_in_flight(paths, marker)
-
-
-@contextlib.contextmanager
-def lease_running(folder: str, server_id: str) -> Iterator[int | None]:
-    """Hold the in-flight marker on a server that already runs; never wait, never start.
-
-    For a caller on the same node that sends its requests to the server itself (the
-    router's direct path, once a request through handle() told it the server's folder and
-    id). It yields the port while server_id is still the recorded, live, ready server, and
-    None otherwise, or when the model's lock is taken (a start or a stop under way: the
-    caller goes through handle() instead). Like a request through handle(), the marker keeps
-    the watchdog off while the body runs and stamps the last use.
-    """
-    paths = ServerPaths(Path(folder))
-    marker = None
-    port = None
-    try:
-        with exclusive_lock(paths.lock, 0.0, f"server {server_id}"):
-            state = read_state(paths)
-            if (
-                state is not None
-                and state.server_id == server_id
-                and state.ready_at > 0.0
-                and procs.is_alive(state.pid, state.pid_ticks)
-            ):
-                marker = hold_in_flight(paths)
-                port = state.port
-    except (LockTimeout, FileNotFoundError):
-        pass  # busy or gone: not for a direct request
-    try:
-        yield port
-    finally:
-        if marker is not None:
-            release_in_flight(paths, marker)
 
 
 def ensure_server(spec: ServerSpec) -> ServerHandle:
@@ -186,9 +152,13 @@ def _start_locked(spec: ServerSpec, paths: ServerPaths) -> ServerState:
     argv = launch.command(spec, port)
     _note(paths, "starting: " + " ".join(argv))
     started_at = time.time()
-    pid = procs.spawn(argv, env=launch.environment(spec), cwd=paths.root, log=paths.log)
+    server_id = uuid.uuid4().hex[:12]
+    # A credential written for the previous server is not this one's (see dialout).
+    (paths.root / DIAL_FILE).unlink(missing_ok=True)
+    env = launch.environment(spec, paths.root, server_id)
+    pid = procs.spawn(argv, env=env, cwd=paths.root, log=paths.log)
     state = ServerState(
-        server_id=uuid.uuid4().hex[:12],
+        server_id=server_id,
         name=spec.name,
         framework=spec.framework,
         pid=pid,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from inference_bundle.config.naming import IDLE_MARGIN_S
 from inference_bundle.config.problems import SettingsError, display_path, problems_from_validation
@@ -68,6 +68,23 @@ AuthSettings = Annotated[KeysAuthSettings | GlobusModeAuthSettings, Field(discri
 class ListenSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    tls_cert: str | None = Field(
+        default=None, description="PEM certificate chain: serve https (relative to the root)"
+    )
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    def base_url(self) -> str:
+        """This router's own base URL as a process on its host reaches it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
 
 class BatchSettings(_Settings):
@@ -103,18 +120,50 @@ class BatchSettings(_Settings):
     )
 
 
-class DirectPathSettings(_Settings):
-    """Engine executor: warm requests straight to a model server on the router's host."""
+class DataPlaneSettings(_Settings):
+    """Where model servers dial this router, and how their connections are used."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="warm requests and streams ride the connections nodes dial; false: "
+        "every request is a task",
+    )
+    dial_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+/?$",
+        description="the router's base URL as compute nodes reach it (a site's gateway "
+        "address); default: the listen address (127.0.0.1 for 0.0.0.0), https with "
+        "listen.tls_cert",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="on the nodes: the CA file that signed the router's certificate (for a "
+        "self-signed one); default: the system's CAs",
+    )
     # Under the margin that rendered endpoints keep their job past the model's idle timeout,
     # so that the job never ends before the server's own idle teardown.
     refresh_s: float = Field(
         default=30,
         gt=0,
         lt=IDLE_MARGIN_S,
-        description="one request this often still goes through the endpoint, so that its "
-        "engine keeps the job while the model is used",
+        description="while a model is used over its connections, a task this often keeps "
+        "its endpoint's engine (and scheduler job) from idling out",
+    )
+    connect_wait_s: float = Field(
+        default=15,
+        gt=0,
+        description="how long a stream waits for a just-started server to dial in before "
+        "its answer goes through the task, whole",
+    )
+    credential_ttl_s: float = Field(
+        default=3600,
+        gt=0,
+        description="how long a credential minted for a task may wait for its server's first dial",
+    )
+    redial_grace_s: float = Field(
+        default=600,
+        gt=0,
+        description="how long a server whose connection dropped may dial again with its credential",
     )
 
 
@@ -154,13 +203,17 @@ class _RouterSettings(_Settings):
     batches: BatchSettings = BatchSettings()
     limits: LimitsSettings = LimitsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    data_plane: DataPlaneSettings = DataPlaneSettings()
+
+    def dial_url(self) -> str:
+        """Where nodes dial this router."""
+        return (self.data_plane.dial_url or self.listen.base_url()).rstrip("/")
 
 
 class EngineRouterSettings(_RouterSettings):
     """A router that runs each endpoint's engine in-process, beside the scheduler (no cloud)."""
 
     executor: Literal["engine"]
-    direct_path: DirectPathSettings = DirectPathSettings()
 
 
 class GlobusRouterSettings(_RouterSettings):
@@ -169,7 +222,7 @@ class GlobusRouterSettings(_RouterSettings):
     executor: Literal["globus"]
 
 
-# The executor picks the settings' shape: direct_path is for the engine executor only.
+# The executor picks the settings' shape.
 RouterSettings = Annotated[
     EngineRouterSettings | GlobusRouterSettings, Field(discriminator="executor")
 ]

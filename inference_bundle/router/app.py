@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from inference_bundle.router.api import batches, files, listings, openai, operations
+from inference_bundle.router.dataplane import endpoint as dataplane_endpoint
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.service import RouterService
 
@@ -35,8 +36,8 @@ def create_app(service: RouterService) -> Starlette:
         if settings.executor == "engine" and settings.batches.prestart_engines:
             service.batches.runner.prestart()
         yield
-        if service.dispatcher.direct is not None:
-            await service.dispatcher.direct.close()
+        if service.dispatcher.plane is not None:
+            service.dispatcher.plane.hub.close_all()
         await run_in_threadpool(service.shutdown)
 
     return Starlette(
@@ -54,7 +55,9 @@ def api_routes(service: RouterService) -> list[BaseRoute]:
     """Every area's routes, in the order they are matched."""
     # Batch and file routes first: the operation routes take any path under /v1/, and the
     # operation routes before the model lists, whose 405s then name POST as before.
+    plane = service.dispatcher.plane
     return [
+        *(dataplane_endpoint.routes(plane) if plane is not None else []),
         *batches.routes(service.batches),
         *files.routes(service.batches),
         *openai.routes(service),

@@ -1,8 +1,19 @@
-"""Send one request to a model's endpoint and wait for it, honestly, within a bound."""
+"""Send one request to a model: down its server's connection when one is up, else as a task.
+
+A warm model's servers have dialled this router (``router.dataplane``): its requests go down
+the least busy connection and its answers come back as the server writes them. A cold model,
+or one whose servers are not connected, gets a task through its endpoint's executor; the task
+starts (or finds) the server, answers whole, and tells the server where to dial, so that the
+next request rides the connection. A stream on a model with no connection waits for the task
+to start the server and for the server to dial in, then streams; failing that, it is
+answered whole through the task.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -11,7 +22,8 @@ from typing import Any
 
 from node_runtime.entrypoints import serve
 
-from inference_bundle.router.direct import DirectPath
+from inference_bundle.router.dataplane.connections import NodeConnection, NodeGone, Relay
+from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
@@ -24,28 +36,49 @@ OnWait = Callable[[ModelStatus, float], Awaitable[None]]
 RETRY_AFTER_S = {ModelState.QUEUED: 60, ModelState.STARTING: 15}
 # A task reaches its node after a little travel: its caller's wait ends this much later there.
 EXPIRY_MARGIN_S = 5.0
+# Keys only a connection carries: through a task the runtime answers whole.
+STREAM_KEYS = ("stream", "stream_options")
+# A task that only ensures the server (and hands it a credential): nothing is sent to it.
+_ENSURE = {"method": "GET", "path": "/v1/models", "body": None, "send": False}
+
+log = logging.getLogger("router.dispatch")
 
 
 @dataclass(frozen=True)
 class Answer:
+    """A whole answer."""
+
     status: int
     body: Any
     start_wait_s: float  # time the node runtime spent starting the server
     waited_s: float  # time this request waited in the router
     cold_start: bool
-    via: str = "endpoint"  # or "direct": straight to the model server on this host
+    via: str = "task"  # or "connection": down the server's own connection
+    raw: bytes | None = None  # the body as the server wrote it (connection path)
+
+
+@dataclass
+class Streamed:
+    """An answer that is still coming, chunk by chunk, down a server's connection."""
+
+    relay: Relay
+    status: int
+    content_type: str
+    waited_s: float
+    cold_start: bool
+    finish: Callable[[bool], None]  # call once: whether the answer arrived whole
+    via: str = "connection"
+    start_wait_s: float = 0.0
 
 
 class Dispatcher:
-    """Submits the registered entry point for a route and awaits its answer.
+    """Sends requests for routes: over the data plane when it can, as tasks otherwise.
 
-    A request waits at most ``wait_s``; past that it gets a 503 with the model's state and
-    Retry-After, while its task goes on starting the model for the next request. A task
+    A task waits at most ``wait_s``; past that the request gets a 503 with the model's state
+    and Retry-After, while its task goes on starting the model for the next request. A task
     handed to an engine or to Globus Compute cannot be withdrawn, so each carries
     ``expires_at``: when it reaches a node after its caller gave up, the node runtime starts
-    the model but does not send the request (no generation nobody reads). With a
-    ``direct`` path, requests for a model whose server runs on this host skip the endpoint
-    (see inference_bundle.router.direct).
+    the model but does not send the request (no generation nobody reads).
     """
 
     def __init__(
@@ -56,35 +89,138 @@ class Dispatcher:
         runtime_version: str,
         poll_s: float = 1.0,
         job_listing: JobListing | None = None,
-        direct: DirectPath | None = None,
+        plane: DataPlane | None = None,
     ) -> None:
         self.job_listing = job_listing
-        self.direct = direct
+        self.plane = plane
         self.pool = pool
         self.tracker = tracker
         self.wait_s = wait_s
         self.runtime_version = runtime_version
         self.poll_s = poll_s
+        self._background: set[asyncio.Task[None]] = set()
 
     async def send(self, route: Route, request: dict[str, Any], on_wait: OnWait | None) -> Answer:
-        key = route.endpoint_name
+        """A whole answer."""
         began = time.monotonic()
-        if self.direct is not None and self.direct.take(route):
-            answer = await self._send_direct(self.direct, route, request, began)
+        if self.plane is not None and (connection := self.plane.pick(route)) is not None:
+            answer = await self._over(connection, route, request, began)
             if answer is not None:
                 return answer
+        return await self._through_task(route, _whole(request), on_wait, began)
+
+    async def stream(
+        self, route: Route, request: dict[str, Any], on_wait: OnWait | None
+    ) -> Streamed | Answer:
+        """A streamed answer down a connection; failing that, a whole one through a task."""
+        began = time.monotonic()
+        if self.plane is not None:
+            connection = self.plane.pick(route)
+            cold = False
+            start_wait = 0.0
+            if connection is None:
+                ensure = {**_ENSURE, "dial": self.plane.dial(route)}
+                envelope, cold = await self._task(route, ensure, on_wait, began)
+                start_wait = float(envelope.get("timings", {}).get("start_wait_s", 0.0))
+                connection = await self.plane.wait_for(route)
+            if connection is not None:
+                streamed = await self._open_stream(connection, route, request, began, cold)
+                if streamed is not None:
+                    streamed.start_wait_s = start_wait
+                    return streamed
+        return await self._through_task(route, _whole(request), on_wait, began)
+
+    async def _over(
+        self, connection: NodeConnection, route: Route, request: dict[str, Any], began: float
+    ) -> Answer | None:
+        """A whole answer down a connection; None if the connection was closed (not sent)."""
+        key = route.endpoint_name
+        self.tracker.begin_warm(key)
+        self._keep_engine(route)
+        answered = False
         try:
-            executor = await asyncio.to_thread(self.pool.get, route)
-        except Exception as err:
-            raise APIError(
-                502,
-                f"The endpoint for '{route.model}' could not be started: {err}",
-                type="server_error",
-                code="executor_failed",
-            ) from None
-        cold = self.tracker.begin(key)
+            relay = await connection.open(request["method"], request["path"], _bytes(request))
+        except NodeGone:
+            self.tracker.finish(key, answered=False)
+            return None
+        try:
+            status, _ = await relay.start()
+            raw = await relay.read()
+            answered = True
+        except NodeGone as gone:
+            raise _server_gone(route, gone) from None
+        except asyncio.CancelledError:
+            relay.cancel()  # the client went away
+            raise
+        finally:
+            self.tracker.finish(key, answered=answered)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = {"message": raw.decode("utf-8", "replace")}
+        waited = time.monotonic() - began
+        return Answer(status, body, 0.0, waited, cold_start=False, via="connection", raw=raw)
+
+    async def _open_stream(
+        self,
+        connection: NodeConnection,
+        route: Route,
+        request: dict[str, Any],
+        began: float,
+        cold: bool,
+    ) -> Streamed | None:
+        key = route.endpoint_name
+        self.tracker.begin_warm(key)
+        self._keep_engine(route)
+        try:
+            relay = await connection.open(request["method"], request["path"], _bytes(request))
+        except NodeGone:
+            self.tracker.finish(key, answered=False)
+            return None
+        try:
+            status, content_type = await relay.start()
+        except NodeGone as gone:
+            self.tracker.finish(key, answered=False)
+            raise _server_gone(route, gone) from None
+        except asyncio.CancelledError:
+            self.tracker.finish(key, answered=False)
+            relay.cancel()
+            raise
+        finished = False
+
+        def finish(answered: bool) -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                self.tracker.finish(key, answered=answered)
+
+        waited = time.monotonic() - began
+        return Streamed(relay, status, content_type, waited, cold, finish)
+
+    async def _through_task(
+        self, route: Route, request: dict[str, Any], on_wait: OnWait | None, began: float
+    ) -> Answer:
         expiring = {**request, "expires_at": time.time() + self.wait_s + EXPIRY_MARGIN_S}
-        future = executor.submit(serve, self.runtime_version, route.spec, expiring)
+        if self.plane is not None:
+            expiring["dial"] = self.plane.dial(route)
+        envelope, cold = await self._task(route, expiring, on_wait, began)
+        timings = envelope.get("timings", {})
+        return Answer(
+            status=int(envelope["status"]),
+            body=envelope["body"],
+            start_wait_s=float(timings.get("start_wait_s", 0.0)),
+            waited_s=time.monotonic() - began,
+            cold_start=cold,
+        )
+
+    async def _task(
+        self, route: Route, request: dict[str, Any], on_wait: OnWait | None, began: float
+    ) -> tuple[dict[str, Any], bool]:
+        """Submit the entry point and wait for its envelope: (envelope, whether it was cold)."""
+        key = route.endpoint_name
+        executor = await self._executor(route)
+        cold = self.tracker.begin(key)
+        future = executor.submit(serve, self.runtime_version, route.spec, request)
         future.add_done_callback(lambda done: self._finished(route, done))
         waiting = asyncio.wrap_future(future)
         while True:
@@ -103,7 +239,7 @@ class Dispatcher:
             if on_wait is not None:
                 await on_wait(status, waited)
         try:
-            envelope = waiting.result()
+            return waiting.result(), cold
         except FunctionFailed as err:
             raise APIError(
                 502,
@@ -118,30 +254,41 @@ class Dispatcher:
                 type="server_error",
                 code="executor_failed",
             ) from None
-        timings = envelope.get("timings", {})
-        return Answer(
-            status=int(envelope["status"]),
-            body=envelope["body"],
-            start_wait_s=float(timings.get("start_wait_s", 0.0)),
-            waited_s=time.monotonic() - began,
-            cold_start=cold,
-        )
 
-    async def _send_direct(
-        self, direct: DirectPath, route: Route, request: dict[str, Any], began: float
-    ) -> Answer | None:
-        key = route.endpoint_name
-        self.tracker.begin_direct(key)
-        sent = None
+    async def _executor(self, route: Route) -> Any:
         try:
-            sent = await direct.send(route, request)
-        finally:
-            self.tracker.finish(key, answered=sent is not None)
-        if sent is None:
-            return None
-        return Answer(
-            sent[0], sent[1], 0.0, time.monotonic() - began, cold_start=False, via="direct"
-        )
+            return await asyncio.to_thread(self.pool.get, route)
+        except Exception as err:
+            raise APIError(
+                502,
+                f"The endpoint for '{route.model}' could not be started: {err}",
+                type="server_error",
+                code="executor_failed",
+            ) from None
+
+    def _keep_engine(self, route: Route) -> None:
+        """Every refresh_s of use over connections, one task in the background.
+
+        The engine sees no task for requests that ride a connection; this one keeps it (and
+        its scheduler job) from idling out while the model is used, and hands the server a
+        fresh credential for its next dial. No user waits for it.
+        """
+        assert self.plane is not None
+        if not self.plane.refresh_due(route):
+            return
+        request = {**_ENSURE, "dial": self.plane.dial(route)}
+        task = asyncio.create_task(self._refresh(route, request))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, route: Route, request: dict[str, Any]) -> None:
+        try:
+            executor = await self._executor(route)
+            await asyncio.wrap_future(
+                executor.submit(serve, self.runtime_version, route.spec, request)
+            )
+        except Exception as err:  # the next request's own task will say what is wrong
+            log.warning("keeping %s's engine: %s", route.endpoint_name, err)
 
     async def _job_running(self, route: Route) -> bool:
         """Whether the scheduler runs the endpoint's job, when the executor cannot say."""
@@ -161,8 +308,29 @@ class Dispatcher:
         self.tracker.finish(
             route.endpoint_name, answered=error is None, error=None if error is None else str(error)
         )
-        if self.direct is not None:
-            self.direct.learn(route, done.result() if error is None else None)
+
+
+def _whole(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as a task carries it: the runtime answers whole."""
+    body = request.get("body")
+    if isinstance(body, dict) and any(key in body for key in STREAM_KEYS):
+        body = {k: v for k, v in body.items() if k not in STREAM_KEYS}
+        return {**request, "body": body}
+    return request
+
+
+def _bytes(request: dict[str, Any]) -> bytes:
+    body = request.get("body")
+    return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+
+def _server_gone(route: Route, gone: NodeGone) -> APIError:
+    return APIError(
+        502,
+        f"The model '{route.model}' stopped answering: {gone}. The next request restarts it.",
+        type="server_error",
+        code="server_gone",
+    )
 
 
 def _retrieve(done: asyncio.Future[Any]) -> None:

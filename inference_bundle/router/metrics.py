@@ -50,7 +50,8 @@ class Metrics:
         )
         self.paths = Counter(
             "router_request_paths",
-            "Requests by the way they took: endpoint, direct (to a server on this host), none",
+            "Requests by the way they took: connection (down a server's own), task (through "
+            "its endpoint), none",
             ["via"],
             registry=self.registry,
         )

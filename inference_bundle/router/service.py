@@ -19,7 +19,7 @@ from inference_bundle.router.auth import AuthConfigError, Authenticator, build_a
 from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
 from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
-from inference_bundle.router.direct import DirectPath
+from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.dispatch import Dispatcher
 from inference_bundle.router.executors.globus import (
     GlobusExecutor,
@@ -94,16 +94,17 @@ def build_service(
                 batch_endpoint(route), registries[route.cluster], submitter
             )
         )
-    direct = None
-    if settings.executor == "engine" and settings.direct_path.enabled:
-        direct = DirectPath(settings.direct_path.refresh_s, timeout_s=settings.wait_s)
+    plane = None
+    if settings.data_plane.enabled:
+        endpoints = {route.endpoint_name for route in table.routes()}
+        plane = DataPlane(settings.data_plane, settings.dial_url(), endpoints)
     dispatcher = Dispatcher(
         pool,
         tracker,
         settings.wait_s,
         node_runtime.__version__,
         job_listing=job_listing,
-        direct=direct,
+        plane=plane,
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)

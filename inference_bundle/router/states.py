@@ -65,11 +65,12 @@ class StateTracker:
             )
             return starts
 
-    def begin_direct(self, key: str) -> None:
-        """A request went straight to a running server (router.direct): in flight, no start.
+    def begin_warm(self, key: str) -> None:
+        """A request went down a running server's connection (the data plane): in flight,
+        no start.
 
-        ``finish`` ends it like any other; if the server turned out gone, the request goes
-        on through the endpoint and ``begin`` counts the start there, once.
+        ``finish`` ends it like any other; if the connection turned out closed, the request
+        goes on through a task and ``begin`` counts the start there, once.
         """
         with self._lock:
             current = self._derived(key)

@@ -1,8 +1,8 @@
 """Server-sent events in OpenAI's streaming format, made from a whole answer.
 
-The node runtime returns whole answers (a Globus Compute result travels in one piece), so a
-`stream: true` request gets its answer as a short run of valid chunks once it is complete,
-preceded by SSE comment lines that say the model's state while the request waits.
+A stream rides its server's connection when it can (``router.api.streams``). When it cannot
+(no server dialled in after a start), the task's whole answer is sent as a short run of valid
+chunks, preceded by SSE comment lines that say the model's state while the request waits.
 """
 
 from __future__ import annotations

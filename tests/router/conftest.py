@@ -123,6 +123,9 @@ def settings(tmp_path: Path, **changes: Any) -> RouterSettings:
         "state_dir": str(tmp_path / "router"),
         "max_body_bytes": 64 * 1024,
         "auth": {"mode": "keys", "keys_file": str(tmp_path / "keys.json")},
+        # The scripted endpoint is the task path; no server dials in here. The data plane
+        # has tests of its own (test_dataplane*.py).
+        "data_plane": {"enabled": False},
     }
     data.update(changes)
     return parse_settings(data)

@@ -202,6 +202,7 @@ async def test_list_endpoints(harness: Harness) -> None:
         "kind": "chat",
         "batch": True,
         "state": "ready",
+        "connected_servers": [],  # this harness's servers never dial in (task path only)
     }
     assert local["vllm"]["endpoints"]["chat_completions"] == CHAT
     sophia = response.json()["clusters"]["sophia"]["frameworks"]["vllm"]["models"]

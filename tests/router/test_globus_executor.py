@@ -154,6 +154,8 @@ def globus_settings(tmp_path: Path) -> RouterSettings:
             "executor": "globus",
             "state_dir": str(tmp_path / "state"),
             "auth": {"mode": "keys", "keys_file": str(tmp_path / "keys.json")},
+            # As config/router/sophia.yaml: nodes dial the gateway's public address.
+            "data_plane": {"dial_url": "https://data-portal-dev.cels.anl.gov"},
         }
     )
 
@@ -195,6 +197,12 @@ async def test_chat_through_the_app_reaches_the_sdk(tmp_path: Path) -> None:
     version, spec, request = args
     assert spec["weights"] == "/raid/argonne_tpc/model_weights/Meta-Llama-3.1-8B-Instruct"
     assert request.pop("expires_at") > time.time()  # when the caller stops waiting
+    # Where the server dials once it is up: the sophia profile's gateway, with a credential
+    # minted for this endpoint only.
+    dial = request.pop("dial")
+    assert dial["url"] == "https://data-portal-dev.cels.anl.gov"
+    assert dial["endpoint"] == "sophia-meta-llama-3-1-8b-instruct"
+    assert len(dial["token"]) >= 32 and dial["ca_file"] is None
     assert request == {"method": "POST", "path": "/v1/chat/completions", "body": body}
     assert json.loads(response.text)["choices"][0]["message"]["content"] == "hello there"
     service.shutdown()

@@ -29,16 +29,16 @@ def _write(tmp_path: Path, **changes: object) -> Path:
 
 
 def test_a_refresh_past_the_jobs_margin_names_the_file_and_field(tmp_path: Path) -> None:
-    path = _write(tmp_path, direct_path={"enabled": True, "refresh_s": 500})
+    path = _write(tmp_path, data_plane={"enabled": True, "refresh_s": 500})
     with pytest.raises(SettingsError) as caught:
         load_settings(path, tmp_path)
     [problem] = caught.value.problems
-    assert (problem.file, problem.field) == ("router.yaml", "direct_path.refresh_s")
+    assert (problem.file, problem.field) == ("router.yaml", "data_plane.refresh_s")
     assert "120" in problem.message
 
 
 def test_the_router_command_prints_the_problem_and_no_traceback(tmp_path: Path) -> None:
-    path = _write(tmp_path, direct_path={"refresh": 10})
+    path = _write(tmp_path, data_plane={"refresh": 10})
     ran = subprocess.run(
         [
             sys.executable,
@@ -55,7 +55,7 @@ def test_the_router_command_prints_the_problem_and_no_traceback(tmp_path: Path) 
         cwd=ROOT,
     )
     assert ran.returncode == 1
-    assert "direct_path.refresh" in ran.stderr and "Traceback" not in ran.stderr
+    assert "data_plane.refresh" in ran.stderr and "Traceback" not in ran.stderr
 
 
 def _problems(tmp_path: Path, **changes: object) -> list[tuple[str, str, str]]:
@@ -64,13 +64,37 @@ def _problems(tmp_path: Path, **changes: object) -> list[tuple[str, str, str]]:
     return [(p.file, p.field, p.message) for p in caught.value.problems]
 
 
-def test_direct_path_under_the_globus_executor_is_a_foreign_field(tmp_path: Path) -> None:
-    [(file, field, message)] = _problems(tmp_path, executor="globus")
+def test_an_unknown_top_level_field_lists_the_valid_ones(tmp_path: Path) -> None:
+    [(file, field, message)] = _problems(tmp_path, direct_path={"enabled": True})
     assert (file, field) == ("router.yaml", "direct_path")
     assert message == (
-        "unknown field; valid fields here are: auth, batches, clusters, executor, limits, "
-        "listen, log_prompts, max_body_bytes, metrics, state_dir, wait_s"
+        "unknown field; valid fields here are: auth, batches, clusters, data_plane, executor, "
+        "limits, listen, log_prompts, max_body_bytes, metrics, state_dir, wait_s"
     )
+
+
+def test_a_dial_url_must_be_a_base_url_and_tls_goes_in_pairs(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        data_plane={"dial_url": "gateway.example.org/api"},
+        listen={"host": "0.0.0.0", "port": 8443, "tls_cert": "cert.pem"},
+    )
+    fields = {field for _, field, _ in problems}
+    assert fields == {"data_plane.dial_url", "listen"}
+    assert any("tls_cert and tls_key go together" in message for *_, message in problems)
+
+
+def test_nodes_dial_the_listen_address_unless_told_otherwise(tmp_path: Path) -> None:
+    plain = load_settings(_write(tmp_path, listen={"host": "0.0.0.0", "port": 9000}), tmp_path)
+    assert plain.dial_url() == "http://127.0.0.1:9000"
+    tls = {"host": "10.0.0.5", "port": 8443, "tls_cert": "c.pem", "tls_key": "k.pem"}
+    assert load_settings(_write(tmp_path, listen=tls), tmp_path).dial_url() == (
+        "https://10.0.0.5:8443"
+    )
+    site = load_settings(
+        _write(tmp_path, data_plane={"dial_url": "https://gateway.example.org/"}), tmp_path
+    )
+    assert site.dial_url() == "https://gateway.example.org"
 
 
 def test_mode_globus_names_a_keys_file_and_its_missing_section(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ def test_an_unknown_scheduler_lists_the_known_ones() -> None:
 
 
 _HEAD = ["--served-model-name", "m/x", "--host", "127.0.0.1", "--port", "8011"]
+# vLLM takes the data plane's agent as middleware; Infinity's CLI runs inside a wrapper.
+_VLLM_AGENT = ["--middleware", "node_runtime.dialout.DialOut"]
 
 
 @pytest.mark.parametrize(
@@ -48,19 +50,20 @@ _HEAD = ["--served-model-name", "m/x", "--host", "127.0.0.1", "--port", "8011"]
         (
             "vllm",
             "generate",
-            ["/p/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/w", *_HEAD],
+            ["/p/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/w", *_HEAD]
+            + _VLLM_AGENT,
         ),
         (
             "vllm",
             "embed",
             ["/p/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/w", *_HEAD]
-            + ["--runner", "pooling"],
+            + ["--runner", "pooling", *_VLLM_AGENT],
         ),
         (
             "infinity",
             "embed",
-            ["/p/python", "-m", "infinity_emb.cli", "v2", "--model-id", "/w", *_HEAD]
-            + ["--url-prefix", "/v1"],
+            ["/p/python", "-m", "node_runtime.dialout.wrap_uvicorn", "infinity_emb.cli", "v2"]
+            + ["--model-id", "/w", *_HEAD, "--url-prefix", "/v1"],
         ),
     ],
 )

@@ -1,7 +1,8 @@
 """The model server frameworks the runtime starts: one module each, found by name.
 
 A framework module knows its server's command line, the smallest real request that proves
-the server ready, and the OpenAI operations it answers. A new framework is a new module
+the server ready, the OpenAI operations it answers, and how the data plane's agent gets into
+its process. A new framework is a new module
 here and one line in ``_FRAMEWORKS``.
 """
 
@@ -34,6 +35,9 @@ class Framework:
     server_argv: Callable[[ServerSpec, str, int], list[str]]
     # spec -> (path, body) of the request that proves the server ready
     probe_request: Callable[[ServerSpec], tuple[str, dict[str, Any]]]
+    # the server's argv -> the same server with the data plane's agent inside its process
+    # (node_runtime.dialout)
+    with_agent: Callable[[list[str]], list[str]]
 
 
 def _load() -> dict[str, Framework]:

@@ -35,6 +35,12 @@ def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
     return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
 
 
+def with_agent(argv: list[str]) -> list[str]:
+    """Infinity takes no middleware option: wrap the app its CLI gives to uvicorn.run."""
+    python, flag, module, *rest = argv
+    return [python, flag, "node_runtime.dialout.wrap_uvicorn", module, *rest]
+
+
 FRAMEWORK = Framework(
     name="infinity",
     label="Infinity",
@@ -43,4 +49,5 @@ FRAMEWORK = Framework(
     operations=frozenset({("POST", "/v1/embeddings"), ("GET", "/v1/models")}),
     server_argv=server_argv,
     probe_request=probe_request,
+    with_agent=with_agent,
 )

@@ -39,6 +39,11 @@ def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
     return "/v1/completions", {"model": spec.name, "prompt": "ready?", "max_tokens": 1}
 
 
+def with_agent(argv: list[str]) -> list[str]:
+    """vLLM adds ASGI middleware named on its command line."""
+    return [*argv, "--middleware", "node_runtime.dialout.DialOut"]
+
+
 FRAMEWORK = Framework(
     name="vllm",
     label="vLLM",
@@ -54,4 +59,5 @@ FRAMEWORK = Framework(
     ),
     server_argv=server_argv,
     probe_request=probe_request,
+    with_agent=with_agent,
 )

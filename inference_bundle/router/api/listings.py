@@ -88,7 +88,6 @@ def _allowed(service: RouterService, caller: Caller, route: Route) -> bool:
     return may_use(caller, service.settings.auth, route.cluster, route.entry.endpoint.groups)
 
 
-# The lifecycle states of node_runtime.jobs, grouped as the guide's /jobs shows them.
 # The node runtime's job states, grouped as the guide's /jobs shows them.
 _JOB_GROUPS = {
     JobState.QUEUED: "queued",
@@ -126,6 +125,7 @@ def _group_jobs(
                 "walltime_s": job.get("walltime_s"),
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
+                "connected_servers": _servers(service, route),
             }
         )
     for name, route in routes.items():
@@ -146,6 +146,7 @@ def _group_jobs(
                 "walltime_s": None,
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
+                "connected_servers": _servers(service, route),
             }
         )
     return grouped
@@ -163,7 +164,15 @@ def _model_entry(service: RouterService, route: Route) -> dict[str, Any]:
     }
     if not ep.enabled:
         entry["disabled_reason"] = ep.disabled_reason
+    else:
+        entry["connected_servers"] = _servers(service, route)
     return entry
+
+
+def _servers(service: RouterService, route: Route) -> list[dict[str, Any]]:
+    """The model's servers connected to this router (the data plane), each described."""
+    plane = service.dispatcher.plane
+    return [] if plane is None else plane.servers(route.endpoint_name)
 
 
 def _iso(moment: float | None) -> str | None:

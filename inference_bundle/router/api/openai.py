@@ -1,11 +1,15 @@
-"""OpenAI's operations: chat completions, completions and embeddings, streamed or whole."""
+"""OpenAI's operations: chat completions, completions and embeddings, streamed or whole.
+
+Streams are ``streams.py``'s; how an answer is named, shaped and recorded, ``answers.py``'s.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
@@ -13,16 +17,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from inference_bundle.config.frameworks import FRAMEWORKS
-from inference_bundle.router import streaming
-from inference_bundle.router.accesslog import log_request
+from inference_bundle.router.api import streams
+from inference_bundle.router.api.answers import answer_body, record
 from inference_bundle.router.api.common import authenticate, bound_route, read_json
 from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.dispatch import Answer
 from inference_bundle.router.errors import APIError
-from inference_bundle.router.routes import Route, check_framework, check_operation
+from inference_bundle.router.routes import check_framework, check_operation
 from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
-from inference_bundle.router.states import ModelStatus
 
 # Every POST operation some framework serves (config/frameworks.py), by its URL tail.
 OPERATION_PATHS = {
@@ -31,8 +34,6 @@ OPERATION_PATHS = {
     for path in info.paths
     if path != "/v1/models"
 }
-# Keys the router handles itself: the runtime always answers whole (see streaming.py).
-_STREAM_KEYS = ("stream", "stream_options")
 
 
 def routes(service: RouterService) -> list[BaseRoute]:
@@ -73,8 +74,7 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
         check_framework(route, parsed.model, framework)
     check_n(body, service.settings.limits.max_n)
     # The backend serves the model under its served name only; an alias is the router's.
-    forward = {k: v for k, v in body.items() if k not in _STREAM_KEYS}
-    forward["model"] = route.model
+    forward = {**body, "model": route.model}
     runtime_request = {"method": "POST", "path": path, "body": forward}
     context = {
         "request_id": request_id,
@@ -86,69 +86,69 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     }
     if service.settings.log_prompts:
         context["body"] = forward
+    headers = {"X-Request-Id": request_id}
     if parsed.stream:
         include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-        events = _stream(
+        plane = service.dispatcher.plane
+        if plane is not None and plane.pick(route) is not None:
+            # Connected: the server's own status and events, nothing to wait for.
+            try:
+                outcome = await service.dispatcher.stream(route, runtime_request, None)
+            except APIError as err:
+                record(service, context, err.status, began, None)
+                raise
+            return await streams.streamed_response(
+                service, outcome, path, include_usage, began, context, parsed.model, headers
+            )
+        events = streams.waiting_stream(
             service, route, runtime_request, path, include_usage, began, context, parsed.model
         )
         return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Request-Id": request_id},
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
         )
     try:
-        answer = await service.dispatcher.send(route, runtime_request, on_wait=None)
+        answer = await _unless_client_leaves(
+            request, service.dispatcher.send(route, runtime_request, on_wait=None)
+        )
     except APIError as err:
-        _record(service, context, err.status, began, None)
+        record(service, context, err.status, began, None)
         raise
-    _record(service, context, answer.status, began, answer)
+    except ClientLeft:
+        record(service, context, 499, began, None)
+        return Response(status_code=499)
+    record(service, context, answer.status, began, answer)
+    if answer.raw is not None and answer.status < 400 and parsed.model == route.model:
+        return Response(
+            answer.raw, status_code=answer.status, media_type="application/json", headers=headers
+        )
     return JSONResponse(
-        _answer_body(answer, parsed.model),
-        status_code=answer.status,
-        headers={"X-Request-Id": request_id},
+        answer_body(answer, parsed.model), status_code=answer.status, headers=headers
     )
 
 
-async def _stream(
-    service: RouterService,
-    route: Route,
-    runtime_request: dict[str, Any],
-    path: str,
-    include_usage: bool,
-    began: float,
-    context: dict[str, Any],
-    asked: str,
-) -> AsyncIterator[str]:
-    notes: asyncio.Queue[str] = asyncio.Queue()
+class ClientLeft(Exception):
+    """The client closed its connection before the answer."""
 
-    async def on_wait(status: ModelStatus, waited: float) -> None:
-        await notes.put(
-            streaming.comment(f"{route.model} is {status.state}, waited {waited:.0f} s")
-        )
 
-    task = asyncio.create_task(service.dispatcher.send(route, runtime_request, on_wait))
-    while not task.done() or not notes.empty():
-        note = asyncio.ensure_future(notes.get())
-        done, _ = await asyncio.wait({task, note}, return_when=asyncio.FIRST_COMPLETED)
-        if note in done:
-            yield note.result()
-        else:
-            note.cancel()
-    try:
-        answer = task.result()
-    except APIError as err:
-        _record(service, context, err.status, began, None)
-        yield streaming.event(err.body())
-        yield streaming.DONE
-        return
-    _record(service, context, answer.status, began, answer)
-    body = _answer_body(answer, asked)
-    if answer.status >= 400:
-        yield streaming.event(body)
-    else:
-        for chunk in streaming.chunks(path, body, include_usage):
-            yield streaming.event(chunk)
-    yield streaming.DONE
+async def _unless_client_leaves(request: Request, work: Awaitable[Answer]) -> Answer:
+    """``work``'s answer; if the client hangs up first, ``work`` is cancelled (and with it
+    the generation at the server, when it rides a connection)."""
+    answering = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(_client_leaves(request))
+    done, _ = await asyncio.wait({answering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    if answering in done:
+        leaving.cancel()
+        return answering.result()
+    answering.cancel()
+    with contextlib.suppress(asyncio.CancelledError, APIError):
+        await answering
+    raise ClientLeft
+
+
+async def _client_leaves(request: Request) -> None:
+    # The body is read: what is left to receive is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def check_n(body: dict[str, Any], max_n: int) -> None:
@@ -168,49 +168,3 @@ def check_n(body: dict[str, Any], max_n: int) -> None:
             param="n",
             code="invalid_value",
         )
-
-
-def _answer_body(answer: Answer, asked: str) -> Any:
-    """The backend's body, named as the user asked; errors always in OpenAI's shape."""
-    body = answer.body
-    if answer.status < 400:
-        # The served name went to the backend; an alias comes back as the user wrote it.
-        if isinstance(body, dict) and "model" in body:
-            return {**body, "model": asked}
-        return body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body
-    message = body.get("message") if isinstance(body, dict) else None
-    return APIError(
-        answer.status,
-        str(message or body or "The model server returned an error."),
-        type=str(body.get("type", "invalid_request_error"))
-        if isinstance(body, dict)
-        else "invalid_request_error",
-    ).body()
-
-
-def _record(
-    service: RouterService,
-    context: dict[str, Any],
-    status: int,
-    began: float,
-    answer: Answer | None,
-) -> None:
-    latency = time.monotonic() - began
-    metrics = service.metrics
-    metrics.requests.labels(context["operation"], context["model"], str(status)).inc()
-    via = answer.via if answer is not None else "none"
-    metrics.paths.labels(via).inc()
-    metrics.latency.labels(context["operation"]).observe(latency)
-    start_wait = answer.start_wait_s if answer else 0.0
-    if answer is not None and answer.cold_start:
-        metrics.cold_starts.labels(context["model"]).inc()
-        metrics.start_wait.observe(answer.waited_s)
-    log_request(
-        **context,
-        status=status,
-        latency_ms=round(latency * 1000, 2),
-        start_wait_s=round(start_wait, 3),
-        via=via,
-    )

@@ -1,0 +1,188 @@
+"""Streamed answers: the server's own events as they come, or a whole answer as events.
+
+A stream on a connected model passes the server's events through as they come (its status
+too, when it refuses the request); otherwise the response starts at once, says the model's
+state in SSE comments while the model starts, then streams (``router.dispatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from inference_bundle.router import streaming
+from inference_bundle.router.api.answers import answer_body, record
+from inference_bundle.router.dataplane.connections import NodeGone
+from inference_bundle.router.dispatch import Answer, Streamed
+from inference_bundle.router.errors import APIError
+from inference_bundle.router.routes import Route
+from inference_bundle.router.service import RouterService
+from inference_bundle.router.states import ModelStatus
+
+
+async def streamed_response(
+    service: RouterService,
+    outcome: Streamed | Answer,
+    path: str,
+    include_usage: bool,
+    began: float,
+    context: dict[str, Any],
+    asked: str,
+    headers: dict[str, str],
+) -> Response:
+    """The response for a stream whose answer has begun (or came whole through a task)."""
+    if isinstance(outcome, Answer):
+        events = _whole_as_events(service, outcome, path, include_usage, began, context, asked)
+    elif outcome.status >= 400:
+        # The server refused the request: its status and error, not a stream.
+        try:
+            raw = await outcome.relay.read()
+            outcome.finish(True)
+        except NodeGone as gone:
+            outcome.finish(False)
+            raise APIError(
+                502,
+                f"The model '{context['model']}' stopped answering: {gone}.",
+                type="server_error",
+                code="server_gone",
+            ) from None
+        answer = _as_answer(outcome, raw)
+        record(service, context, answer.status, began, answer)
+        return JSONResponse(answer_body(answer, asked), status_code=answer.status, headers=headers)
+    else:
+        events = _relay(service, outcome, began, context, asked)
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+    )
+
+
+async def waiting_stream(
+    service: RouterService,
+    route: Route,
+    runtime_request: dict[str, Any],
+    path: str,
+    include_usage: bool,
+    began: float,
+    context: dict[str, Any],
+    asked: str,
+) -> AsyncIterator[bytes]:
+    """A stream that may have to wait for its model: SSE comments say its state meanwhile."""
+    notes: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_wait(status: ModelStatus, waited: float) -> None:
+        await notes.put(
+            streaming.comment(f"{route.model} is {status.state}, waited {waited:.0f} s")
+        )
+
+    task = asyncio.create_task(service.dispatcher.stream(route, runtime_request, on_wait))
+    try:
+        while not task.done() or not notes.empty():
+            note = asyncio.ensure_future(notes.get())
+            done, _ = await asyncio.wait({task, note}, return_when=asyncio.FIRST_COMPLETED)
+            if note in done:
+                yield note.result().encode()
+            else:
+                note.cancel()
+    finally:
+        if not task.done():
+            task.cancel()  # the client left while the model started: the start goes on
+    try:
+        outcome = task.result()
+    except APIError as err:
+        record(service, context, err.status, began, None)
+        yield streaming.event(err.body()).encode()
+        yield streaming.DONE.encode()
+        return
+    if isinstance(outcome, Answer):
+        events = _whole_as_events(service, outcome, path, include_usage, began, context, asked)
+    elif outcome.status >= 400:
+        raw = b""
+        with contextlib.suppress(NodeGone):
+            raw = await outcome.relay.read()
+        outcome.finish(bool(raw))
+        answer = _as_answer(outcome, raw)
+        record(service, context, answer.status, began, answer)
+        yield streaming.event(answer_body(answer, asked)).encode()
+        yield streaming.DONE.encode()
+        return
+    else:
+        events = _relay(service, outcome, began, context, asked)
+    async for event in events:
+        yield event
+
+
+async def _relay(
+    service: RouterService,
+    streamed: Streamed,
+    began: float,
+    context: dict[str, Any],
+    asked: str,
+) -> AsyncIterator[bytes]:
+    """The server's events as they come; an alias is named as the user wrote it."""
+    served = context["model"]
+    rename = None
+    if asked != served:
+        rename = (_json_field("model", served), _json_field("model", asked))
+    whole = False
+    try:
+        async for chunk in streamed.relay.body():
+            yield chunk if rename is None else chunk.replace(*rename)
+        whole = True
+    except NodeGone as gone:
+        error = APIError(
+            502,
+            f"The model '{served}' stopped answering: {gone}.",
+            type="server_error",
+            code="server_gone",
+        )
+        yield streaming.event(error.body()).encode()
+        yield streaming.DONE.encode()
+    finally:
+        if not whole:
+            streamed.relay.cancel()  # the client left, or the server did: stop generating
+        streamed.finish(whole)
+        record(service, context, streamed.status if whole else 502, began, streamed)
+
+
+async def _whole_as_events(
+    service: RouterService,
+    answer: Answer,
+    path: str,
+    include_usage: bool,
+    began: float,
+    context: dict[str, Any],
+    asked: str,
+) -> AsyncIterator[bytes]:
+    """A whole answer (through a task) as the run of chunks a stream would have sent."""
+    record(service, context, answer.status, began, answer)
+    body = answer_body(answer, asked)
+    if answer.status >= 400:
+        yield streaming.event(body).encode()
+    else:
+        for chunk in streaming.chunks(path, body, include_usage):
+            yield streaming.event(chunk).encode()
+    yield streaming.DONE.encode()
+
+
+def _as_answer(streamed: Streamed, raw: bytes) -> Answer:
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = {"message": raw.decode("utf-8", "replace")}
+    return Answer(
+        streamed.status,
+        body,
+        streamed.start_wait_s,
+        streamed.waited_s,
+        streamed.cold_start,
+        via=streamed.via,
+    )
+
+
+def _json_field(name: str, value: str) -> bytes:
+    return f"{json.dumps(name)}:{json.dumps(value)}".encode()
