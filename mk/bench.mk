@@ -61,3 +61,10 @@ bench-router: bench-peers vllm-venv local-models venv
 .PHONY: bench-batch
 bench-batch: $(BENCH_STAMP) vllm-venv local-models venv
 	$(BIN)/python bench/batch.py $(BENCH_ARGS)
+
+# The streaming benchmark (bench/streaming.py): vLLM's own benchmark client, run in the vLLM
+# venv, through the router against direct vLLM (median TTFT and inter-token latency).
+# BENCH_ARGS='--peer vllm-router' measures vllm-router beside them (`make bench-peers` first).
+.PHONY: bench-streaming
+bench-streaming: vllm-venv local-models venv
+	$(BIN)/python bench/streaming.py $(BENCH_ARGS)
