@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_router import RunningRouter, scratch_root, start_router, stop_router, stop_servers
+from tests.e2e_router import (
+    SHARED_ROUTER,
+    RunningRouter,
+    cancel_unfinished_batches,
+    scratch_root,
+    start_router,
+    stop_router,
+    stop_servers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
@@ -85,6 +93,7 @@ def local_slurm() -> Iterator[Path]:
 def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The scratch root of the session's shared router (see tests/e2e_router.py)."""
     root = scratch_root(tmp_path_factory.mktemp("router-e2e"))
+    (root / ".state" / "batches").mkdir()  # the profile's batch_input_roots
     yield root
     stop_servers(root)
 
@@ -92,6 +101,30 @@ def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def e2e_router(e2e_root: Path) -> Iterator[RunningRouter]:
     """One router with real vLLM and Infinity behind it, shared by the slow tiers' modules."""
-    running = start_router(e2e_root, "patient", wait_s=300)
+    running = start_router(e2e_root, SHARED_ROUTER, wait_s=300)
     yield running
     stop_router(running)
+
+
+@pytest.fixture(scope="module")
+def batch_router(
+    request: pytest.FixtureRequest, e2e_router: RunningRouter
+) -> Iterator[RunningRouter]:
+    """The shared router for a module of batch tests; its batches are cancelled after it.
+
+    The batch modules share it (and so a warm batch job and server) rather than each paying
+    a router, engines and a cold vLLM of its own; each keeps to its own batch ids, files and
+    users. After the session's last of them, the batch servers stop too: later modules
+    count the vLLM servers over this root.
+    """
+    yield e2e_router
+    cancel_unfinished_batches(e2e_router)
+    if not _later_tests_use(request, "batch_router"):
+        stop_servers(e2e_router.root, roles=("batch",))
+
+
+def _later_tests_use(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether a test after this module's, in this session, uses ``fixture``."""
+    items = request.session.items
+    here = max(n for n, item in enumerate(items) if item.path == request.node.path)
+    return any(fixture in getattr(item, "fixturenames", ()) for item in items[here + 1 :])

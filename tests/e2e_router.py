@@ -2,7 +2,8 @@
 
 The router runs over a scratch root (the repository's catalog, its backends and models
 linked in), so its runtime state, servers and logs are the test's own. The session's shared
-one is the ``e2e_root`` / ``e2e_router`` fixtures of tests/conftest.py.
+one is the ``e2e_root`` / ``e2e_router`` fixtures of tests/conftest.py; batch modules take
+it through ``batch_router`` there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,13 @@ import yaml
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.auth import create_api_key
+from inference_bundle.router.batches.store import FINAL
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "local/tiny-llama"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# The session's shared router: its state is under <root>/.state/<name>.
+SHARED_ROUTER = "patient"
 
 
 @dataclass
@@ -113,29 +116,25 @@ def stop_router(router: RunningRouter) -> None:
         raise
 
 
-def stop_servers(root: Path) -> None:
-    """Stop every model server that routers over this root started (batch ones too)."""
+def stop_servers(root: Path, roles: tuple[str, ...] = ("interactive", "batch")) -> None:
+    """Stop every model server of these roles that routers over this root started."""
     catalog = load_catalog(root, "local")
     for entry in catalog.entries:
         spec = server_spec(entry, catalog.profile)
-        for role in ("interactive", "batch"):
+        for role in roles:
             node_runtime.stop_server(node_runtime.ServerSpec.from_dict({**spec, "role": role}))
 
 
-def batch_deployment(tmp: Path) -> Iterator[Path]:
-    """A scratch root with a batch input folder, for a module's own router; stops its servers.
+def cancel_unfinished_batches(router: RunningRouter) -> list[str]:
+    """Cancel the batches of the router's own user that still run; their ids.
 
-    For modules whose tests kill servers or restart routers (the session's shared router must
-    stay as it is): ``yield from batch_deployment(tmp_path_factory.mktemp(...))``.
+    A batch module on the shared router ends this way, so that a failed test's batch does
+    not keep the CPU busy under the modules after it.
     """
-    root = scratch_root(tmp)
-    (root / ".state" / "batches").mkdir(parents=True)
-    yield root
-    stop_servers(root)
-
-
-def module_router(root: Path, name: str) -> Iterator[RunningRouter]:
-    """A module's own router over ``root`` (waits up to 300 s for a cold model); stopped after."""
-    running = start_router(root, name, wait_s=300)
-    yield running
-    stop_router(running)
+    auth = {"Authorization": f"Bearer {router.key}"}
+    listed = httpx.get(router.url + "/v1/batches", headers=auth, timeout=60)
+    listed.raise_for_status()
+    running = [b["id"] for b in listed.json()["data"] if b["status"] not in FINAL]
+    for batch_id in running:
+        httpx.post(f"{router.url}/v1/batches/{batch_id}/cancel", headers=auth, timeout=60)
+    return running

@@ -1,7 +1,8 @@
 """Batches on a shared filesystem, end to end: a real router, real batch jobs, real vLLM.
 
 Issue 11's attacks on the paths a user names, each asserting the defence, with /health
-polled while the attack runs.
+polled while the attack runs. The router is the session's shared one (tests/conftest.py
+``batch_router``); this module's files, folders, ids and users are its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,30 +20,28 @@ import httpx
 import pytest
 
 from inference_bundle.router.auth import create_api_key
-from tests.e2e_router import (
-    TINY,
-    RunningRouter,
-    batch_deployment,
-    module_router,
-)
+from tests.e2e_router import SHARED_ROUTER, TINY, RunningRouter
 from tests.responsiveness import responsive
 from tests.router.test_batches_e2e import COLD_S, GUIDE, headers, request_line, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    for root in batch_deployment(tmp_path_factory.mktemp("batch-safety")):
-        shared = root / ".state" / "batches" / "shared"
-        shared.mkdir()
-        os.chmod(shared, 0o1777)  # the guide's world-writable output folder
-        yield root
+# This module's other user (the router's own is alice).
+BOB = "bob@batch-safety"
 
 
 @pytest.fixture(scope="module")
-def router(root: Path) -> Iterator[RunningRouter]:
-    yield from module_router(root, "safety")
+def root(e2e_root: Path) -> Path:
+    shared = e2e_root / ".state" / "batches" / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # the guide's world-writable output folder
+    return e2e_root
+
+
+@pytest.fixture(scope="module")
+def router(root: Path, batch_router: RunningRouter) -> RunningRouter:
+    return batch_router
 
 
 def write(root: Path, name: str, lines: list[Any]) -> Path:
@@ -121,12 +119,12 @@ def test_a_batch_runs_the_bytes_checked_at_submit_into_private_files(
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    db = root / ".state" / "safety" / "batches.db"
+    db = root / ".state" / SHARED_ROUTER / "batches.db"
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
 def test_a_planted_output_link_and_another_users_files(router: RunningRouter, root: Path) -> None:
-    victim = root / ".state" / "victim.txt"
+    victim = root / ".state" / "batch-safety-victim.txt"
     victim.write_text("precious\n")
     shared = root / ".state" / "batches" / "shared"
     source = write(root, "plant.jsonl", [request_line(n) for n in range(4)])
@@ -144,7 +142,7 @@ def test_a_planted_output_link_and_another_users_files(router: RunningRouter, ro
         f"req-{n}" for n in range(4)
     ]
     # another user: alice's folders are not theirs to write into, her files not theirs to read
-    bob = {"Authorization": "Bearer " + create_api_key(root / ".state" / "keys.json", "bob")}
+    bob = {"Authorization": "Bearer " + create_api_key(root / ".state" / "keys.json", BOB)}
     bob_source = write(root, "bob.jsonl", [request_line(n) for n in range(4)])
     taken = create(
         router, {"input_file": str(bob_source), "output_file_path": str(shared / "first")}, bob

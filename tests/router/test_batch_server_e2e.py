@@ -1,8 +1,9 @@
 """A batch's own vLLM server, on the local cluster: a real router, real batch jobs, real vLLM.
 
-The tests run in order over one router: chat traffic and a batch with an alias in its lines;
-a batch whose server is SIGKILLed mid-file; then the batch's job ends, and the interactive
-server (same process) answers at once.
+The tests run in order over the session's shared router (tests/conftest.py
+``batch_router``): chat traffic and a batch with an alias in its lines; a batch whose server
+is SIGKILLed mid-file; then the batch's job ends, and the interactive server (same process)
+answers at once. The batch job and server may be warm from another batch module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,7 @@ from node_runtime.state import ServerPaths, ServerState, read_state
 
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
-from tests.e2e_router import (
-    TINY,
-    RunningRouter,
-    batch_deployment,
-    module_router,
-)
+from tests.e2e_router import TINY, RunningRouter
 
 # Two cold vLLM starts, a restart, and the batch job's idle end (60 s + the watchdog's round).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -35,13 +31,13 @@ COLD_S = 600
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from batch_deployment(tmp_path_factory.mktemp("batch-server-e2e"))
+def root(e2e_root: Path) -> Path:
+    return e2e_root
 
 
 @pytest.fixture(scope="module")
-def router(root: Path) -> Iterator[RunningRouter]:
-    yield from module_router(root, "batch-server")
+def router(batch_router: RunningRouter) -> RunningRouter:
+    return batch_router
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,15 @@
 """Batches end to end: a real router, the batch twin's engine, real vLLM and the tiny model.
 
-The router runs over a scratch root (test_openai_e2e's), so batch files, results and the
-model's server are the test's own.
+The router is the session's shared one (tests/conftest.py ``batch_router``): its batch job
+and server may be warm from another batch module; this module's batch files, ids and users
+are its own.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,7 @@ import openai
 import pytest
 
 from inference_bundle.router.auth import create_api_key
-from tests.e2e_router import (
-    MINILM,
-    TINY,
-    RunningRouter,
-    batch_deployment,
-    module_router,
-    start_router,
-    stop_router,
-)
+from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
 # The restart test waits for a cold batch twice (COLD_S each) and starts two routers.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -35,13 +28,13 @@ COLD_S = 600
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from batch_deployment(tmp_path_factory.mktemp("batches-e2e"))
+def root(e2e_root: Path) -> Path:
+    return e2e_root
 
 
 @pytest.fixture(scope="module")
-def router(root: Path) -> Iterator[RunningRouter]:
-    yield from module_router(root, "batches")
+def router(batch_router: RunningRouter) -> RunningRouter:
+    return batch_router
 
 
 def request_line(n: int) -> dict[str, Any]:
@@ -93,7 +86,7 @@ def test_a_200_line_batch_through_the_guides_api(router: RunningRouter, root: Pa
     assert created.status_code == 200, created.text
     batch_id = created.json()["id"]
     batch = wait_until(router, f"{GUIDE}/{batch_id}", lambda b: b["status"] == "completed", COLD_S)
-    print(f"200-line batch, cold: {time.monotonic() - began:.1f} s")
+    print(f"200-line batch (its job cold or warm): {time.monotonic() - began:.1f} s")
     assert batch["request_counts"] == {"total": 200, "completed": 200, "failed": 0}
     result = httpx.get(f"{router.url}{GUIDE}/{batch_id}/result", headers=headers(router)).json()
     lines = [json.loads(x) for x in Path(result["output_file_path"]).read_text().splitlines()]
@@ -107,8 +100,11 @@ def test_a_200_line_batch_through_the_guides_api(router: RunningRouter, root: Pa
     listed = httpx.get(f"{router.url}{GUIDE}?status=completed", headers=headers(router)).json()
     assert batch_id in [b["id"] for b in listed["data"]]
 
-    # another user can neither see nor fetch it
-    bob = {"Authorization": "Bearer " + create_api_key(root / ".state" / "keys.json", "bob")}
+    # another user (this module's own) can neither see nor fetch it
+    bob = {
+        "Authorization": "Bearer "
+        + create_api_key(root / ".state" / "keys.json", "bob@batches-e2e")
+    }
     for url in (f"{GUIDE}/{batch_id}", f"{GUIDE}/{batch_id}/result", f"/v1/batches/{batch_id}"):
         assert httpx.get(router.url + url, headers=bob).status_code == 404
     content = f"/v1/files/{batch['output_file_id']}/content"
