@@ -2,7 +2,9 @@
 
 It starts one vLLM or Infinity server per model, role and node, forwards OpenAI-style requests
 to it on 127.0.0.1, and stops it once idle. It reads no catalog: everything arrives as
-arguments. Standard library only, so that it installs into any cluster environment.
+arguments. Standard library only, so that it installs into any cluster environment; the
+data plane's agent, which runs inside the model server's own process, uses the
+``websockets`` library of that server's environment (vLLM and Infinity both ship it).
 
 Entry point (``node_runtime.entrypoints.serve``), registered with a source strategy::
 

@@ -84,7 +84,7 @@ def test_chat_completions_models_and_streaming(router: RunningRouter) -> None:
 
 
 def _paths(router: RunningRouter) -> dict[str, float]:
-    """router_request_paths_total by the way requests went: endpoint, direct, none."""
+    """router_request_paths_total by the way requests went: connection, task, none."""
     counts = {}
     token = (router.root / ".state" / "patient" / "metrics-token").read_text().strip()
     metrics = httpx.get(router.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
@@ -95,25 +95,25 @@ def _paths(router: RunningRouter) -> dict[str, float]:
     return counts
 
 
-def test_warm_requests_go_straight_to_the_server_and_keep_it_in_use(
+def test_warm_requests_ride_the_servers_connection_and_keep_it_in_use(
     root: Path, router: RunningRouter
 ) -> None:
     client = router.client()
-    chat(client)  # warm, and the router knows where its server listens
+    chat(client)  # warm: the server has been told where to dial
     catalog = load_catalog(root, "local")
     [entry] = [e for e in catalog.entries if e.endpoint.model == TINY]
     spec = node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
     paths = ServerPaths.for_model(spec.state_dir, spec.name)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the dial
     before = _paths(router)
-    answers = [chat(client, f"direct {i}") for i in range(4)]
+    answers = [chat(client, f"warm {i}") for i in range(4)]
     assert all(a.usage.completion_tokens >= 1 for a in answers)
     after = _paths(router)
-    direct = after.get("direct", 0) - before.get("direct", 0)
-    endpoint = after.get("endpoint", 0) - before.get("endpoint", 0)
-    # one of them may be the 30-s refresh through the endpoint (it keeps the job), not more
-    assert (direct, endpoint) in ((4, 0), (3, 1))
-    assert idle_for(paths) < 1.5  # stamped: the watchdog sees the use
+    connection = after.get("connection", 0) - before.get("connection", 0)
+    task = after.get("task", 0) - before.get("task", 0)
+    # The engine's keep-alive is a background task of its own, never a user's request.
+    assert (connection, task) == (4, 0)
+    assert idle_for(paths) < 1.5  # stamped by the agent: the watchdog sees the use
 
 
 def test_backend_error_keeps_its_status(router: RunningRouter) -> None:
