@@ -144,11 +144,15 @@ class Dispatcher:
             self.tracker.finish(key, answered=False)
             return None
         try:
-            status, _ = await relay.start()
-            raw = await relay.read()
+            async with asyncio.timeout(_request_timeout_s(route)):
+                status, _ = await relay.start()
+                raw = await relay.read()
             answered = True
         except NodeGone as gone:
             raise _server_gone(route, gone) from None
+        except TimeoutError:
+            relay.cancel()
+            raise _too_slow(route) from None
         except asyncio.CancelledError:
             relay.cancel()  # the client went away
             raise
@@ -178,10 +182,15 @@ class Dispatcher:
             self.tracker.finish(key, answered=False)
             return None
         try:
-            status, content_type = await relay.start()
+            async with asyncio.timeout(_request_timeout_s(route)):
+                status, content_type = await relay.start()
         except NodeGone as gone:
             self.tracker.finish(key, answered=False)
             raise _server_gone(route, gone) from None
+        except TimeoutError:
+            self.tracker.finish(key, answered=False)
+            relay.cancel()
+            raise _too_slow(route) from None
         except asyncio.CancelledError:
             self.tracker.finish(key, answered=False)
             relay.cancel()
@@ -322,6 +331,21 @@ def _whole(request: dict[str, Any]) -> dict[str, Any]:
 def _bytes(request: dict[str, Any]) -> bytes:
     body = request.get("body")
     return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+
+def _request_timeout_s(route: Route) -> float:
+    """The spec's bound on one request at its server, as the node runtime applies it."""
+    return float(route.spec.get("request_timeout_s", 600.0))
+
+
+def _too_slow(route: Route) -> APIError:
+    return APIError(
+        504,
+        f"The model '{route.model}' did not answer within its request timeout of "
+        f"{_request_timeout_s(route):g} s; the request was cancelled.",
+        type="server_error",
+        code="timeout",
+    )
 
 
 def _server_gone(route: Route, gone: NodeGone) -> APIError:
