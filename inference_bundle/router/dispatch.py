@@ -149,7 +149,7 @@ class Dispatcher:
                 raw = await relay.read()
             answered = True
         except NodeGone as gone:
-            raise _server_gone(route, gone) from None
+            raise server_gone(route.model, gone) from None
         except TimeoutError:
             relay.cancel()
             raise _too_slow(route) from None
@@ -186,7 +186,7 @@ class Dispatcher:
                 status, content_type = await relay.start()
         except NodeGone as gone:
             self.tracker.finish(key, answered=False)
-            raise _server_gone(route, gone) from None
+            raise server_gone(route.model, gone) from None
         except TimeoutError:
             self.tracker.finish(key, answered=False)
             relay.cancel()
@@ -348,10 +348,11 @@ def _too_slow(route: Route) -> APIError:
     )
 
 
-def _server_gone(route: Route, gone: NodeGone) -> APIError:
+def server_gone(model: str, gone: NodeGone) -> APIError:
+    """The 502 for an answer that broke off at its server (a stream's last event)."""
     return APIError(
         502,
-        f"The model '{route.model}' stopped answering: {gone}. The next request restarts it.",
+        f"The model '{model}' stopped answering: {gone}. The next request restarts it.",
         type="server_error",
         code="server_gone",
     )

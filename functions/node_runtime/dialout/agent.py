@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,14 @@ from .. import __version__, wire
 from ..state import ServerPaths, hold_in_flight, release_in_flight
 
 log = logging.getLogger("node_runtime.dialout")
+if not log.handlers:
+    # The server's own logging setup (vLLM's) may leave this logger without a way out: the
+    # agent's lines go to the server's log (its stderr) whatever that setup is.
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
@@ -243,7 +252,10 @@ class Agent:
     def _scope(self, method: str, path: str, body: bytes) -> dict[str, Any]:
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            # 2.3, not 2.4: under 2.4 Starlette's StreamingResponse stops listening for
+            # http.disconnect and waits for send() to raise, which ours never does, so a
+            # cancelled stream would run to its end at vLLM.
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
             "method": method,
             "scheme": "http",

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from inference_bundle.router import streaming
 from inference_bundle.router.api.answers import answer_body, record
 from inference_bundle.router.dataplane.connections import NodeGone
-from inference_bundle.router.dispatch import Answer, Streamed
+from inference_bundle.router.dispatch import Answer, Streamed, server_gone
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
@@ -45,12 +45,7 @@ async def streamed_response(
             outcome.finish(True)
         except NodeGone as gone:
             outcome.finish(False)
-            raise APIError(
-                502,
-                f"The model '{context['model']}' stopped answering: {gone}.",
-                type="server_error",
-                code="server_gone",
-            ) from None
+            raise server_gone(context["model"], gone) from None
         answer = _as_answer(outcome, raw)
         record(service, context, answer.status, began, answer)
         return JSONResponse(answer_body(answer, asked), status_code=answer.status, headers=headers)
@@ -129,21 +124,20 @@ async def _relay(
     if asked != served:
         rename = (_json_field("model", served), _json_field("model", asked))
     whole = False
+    done_sent = False
     try:
         async for chunk in streamed.relay.body():
+            # A client may hang up as soon as it reads [DONE] (the openai SDK does), before
+            # the server's end of the answer reaches the router: the answer was whole.
+            done_sent = chunk.endswith(b"data: [DONE]\n\n")
             yield chunk if rename is None else chunk.replace(*rename)
         whole = True
     except NodeGone as gone:
-        error = APIError(
-            502,
-            f"The model '{served}' stopped answering: {gone}.",
-            type="server_error",
-            code="server_gone",
-        )
-        yield streaming.event(error.body()).encode()
+        yield streaming.event(server_gone(served, gone).body()).encode()
         yield streaming.DONE.encode()
     finally:
-        if not whole:
+        whole = whole or done_sent
+        if not streamed.relay.ended:
             streamed.relay.cancel()  # the client left, or the server did: stop generating
         streamed.finish(whole)
         record(service, context, streamed.status if whole else 502, began, streamed)
