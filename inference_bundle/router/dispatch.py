@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from node_runtime.entrypoints import serve
@@ -54,7 +54,21 @@ class Answer:
     waited_s: float  # time this request waited in the router
     cold_start: bool
     via: str = "task"  # or "connection": down the server's own connection
-    raw: bytes | None = None  # the body as the server wrote it (connection path)
+    raw: bytes | None = None  # the body as the server wrote it (connection path; body None)
+
+    def decoded(self) -> Answer:
+        """This answer with its body as data (a raw body decoded)."""
+        if self.raw is None:
+            return self
+        return replace(self, body=decode_body(self.raw), raw=None)
+
+
+def decode_body(raw: bytes) -> Any:
+    """A server's JSON body; text that is no JSON as a message."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return {"message": raw.decode("utf-8", "replace")}
 
 
 @dataclass
@@ -158,12 +172,9 @@ class Dispatcher:
             raise
         finally:
             self.tracker.finish(key, answered=answered)
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = {"message": raw.decode("utf-8", "replace")}
         waited = time.monotonic() - began
-        return Answer(status, body, 0.0, waited, cold_start=False, via="connection", raw=raw)
+        # The body stays bytes: most answers go out as the server wrote them (decoded()).
+        return Answer(status, None, 0.0, waited, cold_start=False, via="connection", raw=raw)
 
     async def _open_stream(
         self,

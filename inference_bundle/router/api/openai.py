@@ -122,7 +122,7 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
             answer.raw, status_code=answer.status, media_type="application/json", headers=headers
         )
     return JSONResponse(
-        answer_body(answer, parsed.model), status_code=answer.status, headers=headers
+        answer_body(answer.decoded(), parsed.model), status_code=answer.status, headers=headers
     )
 
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from inference_bundle.router import streaming
 from inference_bundle.router.api.answers import answer_body, record
 from inference_bundle.router.dataplane.connections import NodeGone
-from inference_bundle.router.dispatch import Answer, Streamed, server_gone
+from inference_bundle.router.dispatch import Answer, Streamed, decode_body, server_gone
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
@@ -164,13 +164,9 @@ async def _whole_as_events(
 
 
 def _as_answer(streamed: Streamed, raw: bytes) -> Answer:
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = {"message": raw.decode("utf-8", "replace")}
     return Answer(
         streamed.status,
-        body,
+        decode_body(raw),
         streamed.start_wait_s,
         streamed.waited_s,
         streamed.cold_start,
