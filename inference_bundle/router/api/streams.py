@@ -107,8 +107,14 @@ async def waiting_stream(
         return
     else:
         events = _relay(service, outcome, began, context, asked)
-    async for event in events:
-        yield event
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if isinstance(outcome, Streamed) and not outcome.relay.ended:
+            # The client left before the relay began (its own cleanup never ran).
+            outcome.relay.cancel()
+            outcome.finish(False)
 
 
 async def _relay(

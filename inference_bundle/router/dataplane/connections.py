@@ -130,6 +130,9 @@ class NodeConnection:
         relay = self.relays.get(stream_id)
         if relay is not None:
             relay.records.put_nowait((kind, payload))
+            if kind in (wire.END, wire.FAIL):
+                # Done at the server, whether or not anyone reads the rest: no longer in flight.
+                del self.relays[stream_id]
 
     def close(self) -> None:
         """The connection ended: every open relay ends with NodeGone."""
