@@ -137,6 +137,8 @@ class Agent:
                     refused = dial.stamp  # wait for a new credential from a task
             except (OSError, TimeoutError, WebSocketException) as exc:
                 log.warning("dialout: connection to %s lost or failed: %r", dial.url, exc)
+            except Exception:  # a bad dial file or record: say so, and never stop dialling
+                log.exception("dialout: unexpected failure on the connection to %s", dial.url)
             finally:
                 self._connection = None
                 for stream in self._streams.values():
