@@ -148,33 +148,29 @@ class Dispatcher:
         self, connection: NodeConnection, route: Route, request: dict[str, Any], began: float
     ) -> Answer | None:
         """A whole answer down a connection; None if the connection was closed (not sent)."""
-        key = route.endpoint_name
-        self.tracker.begin_warm(key)
-        self._keep_engine(route)
-        answered = False
-        try:
-            relay = await connection.open(request["method"], request["path"], _bytes(request))
-        except NodeGone:
-            self.tracker.finish(key, answered=False)
+        streamed = await self._open_stream(connection, route, request, began, cold=False)
+        if streamed is None:
             return None
         try:
             async with asyncio.timeout(_request_timeout_s(route)):
-                status, _ = await relay.start()
-                raw = await relay.read()
-            answered = True
+                raw = await streamed.relay.read()
         except NodeGone as gone:
+            streamed.finish(False)
             raise server_gone(route.model, gone) from None
         except TimeoutError:
-            relay.cancel()
+            streamed.relay.cancel()
+            streamed.finish(False)
             raise _too_slow(route) from None
         except asyncio.CancelledError:
-            relay.cancel()  # the client went away
+            streamed.relay.cancel()  # the client went away
+            streamed.finish(False)
             raise
-        finally:
-            self.tracker.finish(key, answered=answered)
+        streamed.finish(True)
         waited = time.monotonic() - began
         # The body stays bytes: most answers go out as the server wrote them (decoded()).
-        return Answer(status, None, 0.0, waited, cold_start=False, via="connection", raw=raw)
+        return Answer(
+            streamed.status, None, 0.0, waited, cold_start=False, via="connection", raw=raw
+        )
 
     async def _open_stream(
         self,

@@ -47,6 +47,24 @@ class PacedModel:
         message = await receive()
         body = json.loads(message["body"])
         self.seen.append(body)
+        if body.get("refuse"):
+            error = {
+                "error": {
+                    "message": "too long",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+            }
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+            return
         if not body.get("stream"):
             answer = {"object": "chat.completion", "model": body["model"], "choices": []}
             await send(
@@ -242,6 +260,17 @@ async def test_an_alias_streams_back_under_the_name_the_user_asked(served: Serve
         ]
     assert {e["model"] for e in events} == {"local/tiny-llama-previous"}
     assert node.model.seen[0]["model"] == TINY  # the server knows its served name only
+
+
+async def test_a_stream_the_server_refuses_gets_its_status_and_error_not_a_stream(
+    served: Served,
+) -> None:
+    await served.start_node("s-1")
+    await connected(served.plane)
+    refused = await served.client.post(CHAT, json=chat(stream=True, refuse=True))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "too long"
+    assert served.plane.servers(ENDPOINT)[0]["in_flight"] == 0
 
 
 async def test_a_client_that_leaves_mid_stream_cancels_the_request_at_the_server(

@@ -8,7 +8,6 @@ state in SSE comments while the model starts, then streams (``router.dispatch``)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,14 +39,7 @@ async def streamed_response(
         events = _whole_as_events(service, outcome, path, include_usage, began, context, asked)
     elif outcome.status >= 400:
         # The server refused the request: its status and error, not a stream.
-        try:
-            raw = await outcome.relay.read()
-            outcome.finish(True)
-        except NodeGone as gone:
-            outcome.finish(False)
-            raise server_gone(context["model"], gone) from None
-        answer = _as_answer(outcome, raw)
-        record(service, context, answer.status, began, answer)
+        answer = await _refusal(service, outcome, began, context)
         return JSONResponse(answer_body(answer, asked), status_code=answer.status, headers=headers)
     else:
         events = _relay(service, outcome, began, context, asked)
@@ -96,13 +88,11 @@ async def waiting_stream(
     if isinstance(outcome, Answer):
         events = _whole_as_events(service, outcome, path, include_usage, began, context, asked)
     elif outcome.status >= 400:
-        raw = b""
-        with contextlib.suppress(NodeGone):
-            raw = await outcome.relay.read()
-        outcome.finish(bool(raw))
-        answer = _as_answer(outcome, raw)
-        record(service, context, answer.status, began, answer)
-        yield streaming.event(answer_body(answer, asked)).encode()
+        try:
+            body = answer_body(await _refusal(service, outcome, began, context), asked)
+        except APIError as err:
+            body = err.body()
+        yield streaming.event(body).encode()
         yield streaming.DONE.encode()
         return
     else:
@@ -167,6 +157,22 @@ async def _whole_as_events(
         for chunk in streaming.chunks(path, body, include_usage):
             yield streaming.event(chunk).encode()
     yield streaming.DONE.encode()
+
+
+async def _refusal(
+    service: RouterService, streamed: Streamed, began: float, context: dict[str, Any]
+) -> Answer:
+    """A stream the server refused (status >= 400): its whole error body, recorded."""
+    try:
+        raw = await streamed.relay.read()
+    except NodeGone as gone:
+        streamed.finish(False)
+        record(service, context, 502, began, streamed)
+        raise server_gone(context["model"], gone) from None
+    streamed.finish(True)
+    answer = _as_answer(streamed, raw)
+    record(service, context, answer.status, began, answer)
+    return answer
 
 
 def _as_answer(streamed: Streamed, raw: bytes) -> Answer:
