@@ -41,6 +41,18 @@ def test_requests_outside_the_routes_are_refused() -> None:
         check_request({"method": "POST", "path": "/v1/embeddings", "body": None})
 
 
+def test_a_bad_dial_or_send_names_the_field() -> None:
+    models = {"method": "GET", "path": "/v1/models", "body": None}
+    dial = {"url": "http://127.0.0.1:8080", "token": "t", "endpoint": "e", "ca_file": None}
+    assert check_request({**models, "send": False, "dial": dial})[1] == "/v1/models"
+    with pytest.raises(RequestError, match="'send' must be true or false"):
+        check_request({**models, "send": "no"})
+    with pytest.raises(RequestError, match="'dial' must be"):
+        check_request({**models, "dial": {**dial, "token": None}})
+    with pytest.raises(RequestError, match="'dial' must be"):
+        check_request({**models, "dial": "http://router"})
+
+
 def test_stream_is_answered_without_starting_anything(tmp_path: Path) -> None:
     spec = infinity_spec("never-started", tmp_path, require=False)
     body = {"model": "x", "messages": [], "stream": True}
