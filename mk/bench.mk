@@ -2,7 +2,8 @@
 # against, each in its own environment: the benchmark client (aiohttp, and py-spy for
 # --profile), vllm-router (Rust, from PyPI), the LiteLLM proxy, and Debian's nginx-light.
 # The script itself runs in the bundle's venv (it starts the router and reads the runtime's
-# state). Not part of `make test`: nothing here goes into TEST_PREREQS.
+# state). Not part of `make test`: nothing here goes into TEST_PREREQS. nginx-package, which
+# `make test` needs too, lives in services.mk.
 # Pins and figures: docs/platform-notes.md ("Peers to measure against").
 
 BENCH_VENV := $(VENVS)/bench
@@ -15,7 +16,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed-aiohttp-3.14.5-py-spy-0.4.3
 VLLM_ROUTER_STAMP := $(VLLM_ROUTER_VENV)/.installed-vllm-router-0.1.17
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 
-.PHONY: bench-peers bench-router nginx-package
+.PHONY: bench-peers bench-router
 bench-peers: $(BENCH_STAMP) $(VLLM_ROUTER_STAMP) $(LITELLM_STAMP) nginx-package
 
 $(BENCH_STAMP):
@@ -38,19 +39,6 @@ $(LITELLM_STAMP):
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(LITELLM_VENV)/bin/litellm --help >/dev/null
 	touch $@
 
-# nginx runs as the benchmark's own process with its own config; the Debian service is
-# neither wanted nor left running (policy-rc.d stops the package from starting it).
-nginx-package:
-	@command -v nginx >/dev/null || { \
-	  test "$$(id -u)" = 0 || { echo "nginx is missing; as root: apt-get install -y nginx-light" >&2; exit 1; }; \
-	  echo "installing nginx-light (Debian package)"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && \
-	  { test -e /usr/sbin/policy-rc.d || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; touch .state/.bench-policy-rc; }; } && \
-	  apt-get install -y -qq nginx-light >/dev/null; status=$$?; \
-	  if [ -e .state/.bench-policy-rc ]; then rm -f /usr/sbin/policy-rc.d .state/.bench-policy-rc; fi; \
-	  exit $$status; }
-
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS='--profile .state/bench/profile'.
 bench-router: bench-peers vllm-venv local-models venv
 	$(BIN)/python bench/router_overhead.py $(BENCH_ARGS)
@@ -68,3 +56,10 @@ bench-batch: $(BENCH_STAMP) vllm-venv local-models venv
 .PHONY: bench-streaming
 bench-streaming: vllm-venv local-models venv
 	$(BIN)/python bench/streaming.py $(BENCH_ARGS)
+
+# The limiter benchmark (bench/limiter_overhead.py): routers with limits OFF and ON side by
+# side on one vLLM server, on SQLite and then on a PostgreSQL server started for the run.
+# It needs the benchmark client's venv (aiohttp) only, none of the peers.
+.PHONY: bench-limits
+bench-limits: $(BENCH_STAMP) vllm-venv local-models venv postgres-packages
+	$(BIN)/python bench/limiter_overhead.py $(BENCH_ARGS)

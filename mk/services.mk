@@ -20,3 +20,17 @@ slurm-status:
 	scripts/local-slurm.sh status
 
 TEST_PREREQS += slurm-packages
+
+# PostgreSQL and nginx for the tests that run several routers on one shared store behind one
+# address (tests/postgres.py, tests/replicas.py). The tests start their own servers in
+# temporary folders on free ports and remove them; `make test` only installs the Debian
+# packages. bench.mk's peers use nginx-package too.
+.PHONY: postgres-packages nginx-package
+
+postgres-packages:
+	scripts/service-packages.sh postgres
+
+nginx-package:
+	scripts/service-packages.sh nginx
+
+TEST_PREREQS += postgres-packages nginx-package

@@ -20,6 +20,7 @@ from tests.e2e_router import (
     stop_router,
     stop_servers,
 )
+from tests.postgres import PostgresMissing, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
@@ -87,6 +88,29 @@ def local_slurm() -> Iterator[Path]:
         if marker.exists():
             subprocess.run([LOCAL_SLURM, "stop"], env=env, check=False)
             marker.unlink()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own (tests/postgres.py), removed after it.
+
+    A test that stops it starts it again; modules take their own database (``postgres_url``).
+    """
+    try:
+        server = PostgresServer()
+    except PostgresMissing as error:
+        pytest.fail(str(error))
+    with server:
+        server.start()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def postgres_url(request: pytest.FixtureRequest, postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL, one per test module."""
+    if not postgres.running:  # left stopped by an earlier test that failed half-way
+        postgres.start()
+    return postgres.fresh_database(request.module.__name__)
 
 
 @pytest.fixture(scope="session")
