@@ -20,6 +20,7 @@ import pytest
 
 from inference_bundle.router.auth import create_api_key
 from inference_bundle.router.batches.store import BatchStore
+from inference_bundle.router.store import open_sqlite
 from tests.router.batch_fakes import GUIDE, TINY, FakeModel, ThreadJob, line, wait_for, write_lines
 from tests.router.conftest import Harness
 
@@ -189,11 +190,11 @@ async def test_a_job_cut_by_the_routers_stop_stays_unfinished(
 
 
 def test_records_outlive_the_store(tmp_path: Path) -> None:
-    store = BatchStore(tmp_path / "b.db")
+    store = BatchStore(open_sqlite(tmp_path / "b.db"))
     (tmp_path / "f").write_text("x\n")
     record = store.add_file("alice", "f", "batch", tmp_path / "f")
     store.close()
-    again = BatchStore(tmp_path / "b.db")
+    again = BatchStore(open_sqlite(tmp_path / "b.db"))
     assert again.file(record.id, "alice") == record
     assert again.file(record.id, "bob") is None
 

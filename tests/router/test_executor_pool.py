@@ -16,6 +16,7 @@ from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.executors.base import Executor
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.routes import Route, RouteTable
+from inference_bundle.router.store import open_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def test_batch_engines_start_ahead_for_batch_models_only(tmp_path: Path) -> None
         started.append(route.model)
         return Recorded()
 
-    runner = BatchRunner(BatchStore(tmp_path / "b.db"), table, executor_for, "v", 8)
+    runner = BatchRunner(BatchStore(open_sqlite(tmp_path / "b.db")), table, executor_for, "v", 8)
     assert runner.engines_state() is None
     runner.prestart().join(timeout=10)
     assert runner.engines_state() == "ready"

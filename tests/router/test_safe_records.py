@@ -13,6 +13,7 @@ import pytest
 
 from inference_bundle.router import jsonsafe
 from inference_bundle.router.batches.store import BatchRecord, BatchStore, UnstorableRecord
+from inference_bundle.router.store import open_sqlite
 from tests.router.conftest import Harness
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +31,7 @@ def record(batch_id: str, **changes: Any) -> BatchRecord:
 def test_the_store_and_its_folder_are_private(tmp_path: Path) -> None:
     folder = tmp_path / "state"
     folder.mkdir(mode=0o755)
-    store = BatchStore(folder / "batches.db")
+    store = BatchStore(open_sqlite(folder / "batches.db"))
     store.save(record("batch_1"))
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     made = sorted(folder.iterdir())
@@ -42,7 +43,7 @@ def test_the_store_and_its_folder_are_private(tmp_path: Path) -> None:
 
 
 def test_text_that_is_not_unicode_is_never_stored(tmp_path: Path) -> None:
-    store = BatchStore(tmp_path / "b.db")
+    store = BatchStore(open_sqlite(tmp_path / "b.db"))
     with pytest.raises(UnstorableRecord, match="The batch's metadata has a lone UTF-16") as bad:
         store.save(record("batch_1", metadata={"note": "a\ud800"}))
     assert bad.value.status == 400
@@ -70,7 +71,7 @@ async def test_bad_legacy_rows_never_fail_a_listing(
     ]
     for batch_id, text, created in rows:
         db.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO batches (id, owner, record, status, created_at) VALUES (?, ?, ?, ?, ?)",
             (batch_id, "alice@anl.gov", text, "completed", created),
         )
     db.commit()

@@ -1,12 +1,10 @@
-"""Batch and file records in SQLite: they outlive the router, and each has one owner."""
+"""Batch and file records in the router's store: they outlive the router, each has one owner."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields, replace
@@ -14,23 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.store.database import Database
 
 log = logging.getLogger("router.batches")
 # Statuses after which a batch never changes again.
 FINAL = ("completed", "failed", "cancelled", "expired")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,
-    path TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, record TEXT NOT NULL,
-    status TEXT NOT NULL, created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner, created_at);
-CREATE INDEX IF NOT EXISTS files_owner ON files (owner, created_at);
-"""
 
 
 @dataclass(frozen=True)
@@ -69,6 +55,9 @@ class BatchRecord:
     metadata: dict[str, str] | None = None
     # The path the user named (guide API), shown back to them; never opened again.
     submitted_input: str | None = None
+    group: str = ""  # the group whose budgets its lines draw on ("" for none)
+    # Why it waits, while a budget it draws on is spent: {"reason", "limit", "since"}.
+    paused: dict[str, Any] | None = None
 
     def with_(self, **changes: Any) -> BatchRecord:
         return replace(self, **changes)
@@ -91,17 +80,14 @@ class UnstorableRecord(APIError):
 
 
 class BatchStore:
-    """Records in one SQLite file; safe to use from several threads."""
+    """Batch and file records in the router's store; safe to use from several threads.
 
-    def __init__(self, path: Path) -> None:
-        _make_private(path)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # A row of bytes that are not UTF-8 (written by another tool) reads as text with
-        # U+FFFD instead of failing the whole query it is in.
-        self._db.text_factory = lambda raw: raw.decode("utf-8", "replace")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    Each unfinished batch is run by one router at a time: the one holding its lease
+    (``claim``, ``renew``), which other routers sharing the store take over when it lapses.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def add_file(
         self, owner: str, filename: str, purpose: str, path: Path, file_id: str | None = None
@@ -118,48 +104,51 @@ class BatchStore:
         for name in ("owner", "filename", "purpose", "path"):
             if not _is_text(getattr(record, name)):
                 raise UnstorableRecord(f"The file's {name}")
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO files (id, owner, filename, purpose, path, bytes, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 tuple(getattr(record, f.name) for f in fields(FileRecord)),
             )
         return record
 
     def file(self, file_id: str, owner: str) -> FileRecord | None:
         """The owner's file, or None (someone else's file is not there for them)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM files WHERE id = ? AND owner = ?", (file_id, owner)
+        with self.db.transaction() as tx:
+            row = tx.execute(
+                "SELECT id, owner, filename, purpose, path, bytes, created_at FROM files "
+                "WHERE id = ? AND owner = ?",
+                (file_id, owner),
             ).fetchone()
         return None if row is None else FileRecord(*row)
 
     def files_usage(self, owner: str, folder: Path) -> tuple[int, int]:
         """How many of the owner's files lie in ``folder``, and their bytes."""
         prefix = f"{folder}{os.sep}"
-        with self._lock:
-            count, total = self._db.execute(
+        with self.db.transaction() as tx:
+            count, total = tx.execute(
                 "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files "
-                "WHERE owner = ? AND substr(path, 1, length(?)) = ?",
-                (owner, prefix, prefix),
+                "WHERE owner = ? AND substr(path, 1, ?) = ?",
+                (owner, len(prefix), prefix),
             ).fetchone()
         return int(count), int(total)
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         """Forget the owner's file; False when they have none of that id."""
-        with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)
-            )
-        return cursor.rowcount > 0
+        with self.db.transaction() as tx:
+            cursor = tx.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+            return bool(cursor.rowcount > 0)
 
     def save(self, batch: BatchRecord) -> None:
         """Store the batch; UnstorableRecord (a 400) if any of its text is not Unicode."""
         record = json.dumps(asdict(batch), ensure_ascii=False)
         if not _is_text(record):
             raise UnstorableRecord(f"The batch's {_bad_field(asdict(batch))}")
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)",
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO batches (id, owner, record, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "record = excluded.record, status = excluded.status",
                 (batch.id, batch.owner, record, batch.status, batch.created_at),
             )
 
@@ -169,8 +158,8 @@ class BatchStore:
         args: tuple[str, ...] = (batch_id,)
         if owner is not None:
             query, args = query + " AND owner = ?", (batch_id, owner)
-        with self._lock:
-            row = self._db.execute(query, args).fetchone()
+        with self.db.transaction() as tx:
+            row = tx.execute(query, args).fetchone()
         return None if row is None else _batch_from(batch_id, row[0])
 
     def batches(
@@ -189,23 +178,58 @@ class BatchStore:
         if unfinished:
             query += f" AND status NOT IN ({', '.join('?' * len(FINAL))})"
             args += FINAL
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at DESC, id", args).fetchall()
+        with self.db.transaction() as tx:
+            rows = tx.execute(query + " ORDER BY created_at DESC, id", args).fetchall()
         found = (_batch_from(batch_id, record) for batch_id, record in rows)
         return [batch for batch in found if batch is not None]
 
+    def claim(self, batch_id: str, runner: str, lease_s: float) -> bool:
+        """Make ``runner`` the batch's runner, unless another router's lease still holds."""
+        now = time.time()
+        with self.db.transaction() as tx:
+            cursor = tx.execute(
+                "UPDATE batches SET runner = ?, lease_until = ? WHERE id = ? AND "
+                "(runner IS NULL OR runner = ? OR lease_until IS NULL OR lease_until < ?)",
+                (runner, now + lease_s, batch_id, runner, now),
+            )
+            return bool(cursor.rowcount == 1)
+
+    def renew(self, runner: str, batch_ids: list[str], lease_s: float) -> None:
+        """Extend ``runner``'s leases on these batches."""
+        if not batch_ids:
+            return
+        with self.db.transaction() as tx:
+            for batch_id in batch_ids:
+                tx.execute(
+                    "UPDATE batches SET lease_until = ? WHERE id = ? AND runner = ?",
+                    (time.time() + lease_s, batch_id, runner),
+                )
+
+    def release(self, runner: str) -> None:
+        """Let other routers take ``runner``'s unfinished batches at once (it is stopping)."""
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE batches SET lease_until = 0 WHERE runner = ?", (runner,))
+
+    def unclaimed(self) -> list[str]:
+        """Unfinished batches that no router's lease holds: to take over."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                f"SELECT id FROM batches WHERE status NOT IN ({', '.join('?' * len(FINAL))}) "
+                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY created_at",
+                (*FINAL, time.time()),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def charged_bytes(self, batch_id: str) -> int:
+        """How much of the batch's output its lines were already charged for."""
+        with self.db.transaction() as tx:
+            row = tx.execute(
+                "SELECT charged_bytes FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def _make_private(path: Path) -> None:
-    """The database and its folder readable by the service's account only (0600, 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    # SQLite gives its -wal and -shm files the database file's mode, so that is set first.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+        self.db.close()
 
 
 def _is_text(value: str) -> bool:

@@ -1,0 +1,75 @@
+"""The router's records in one store: SQLite by default, PostgreSQL when routers share one.
+
+``open_store`` picks the database from the settings, applies the schema's migrations, and
+gives the parts that keep records their view of it: batches and files
+(``router.batches.store``), limit counters and usage (``router.limits.ledger``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.store.database import (
+    Database,
+    PostgresDatabase,
+    SQLiteDatabase,
+    StoreUnavailable,
+    Transaction,
+)
+from inference_bundle.router.store.migrations import SchemaTooNew, migrate
+
+__all__ = [
+    "Database",
+    "SchemaTooNew",
+    "StoreUnavailable",
+    "Transaction",
+    "open_database",
+    "open_sqlite",
+    "sqlite_path",
+]
+
+
+def sqlite_path(settings: RouterSettings, state_dir: Path) -> Path:
+    """The SQLite file (``batches.db``), relative to the state folder unless absolute."""
+    return state_dir / (settings.batches.db or "batches.db")
+
+
+def open_database(settings: RouterSettings, state_dir: Path) -> Database:
+    """The router's database, migrated to this version's schema.
+
+    Raises StoreUnavailable when PostgreSQL does not answer, SchemaTooNew when a newer router
+    migrated it.
+    """
+    store = settings.store
+    db: Database
+    if store.url is not None:
+        db = PostgresDatabase(store.url, store.pool_size, store.connect_timeout_s)
+    else:
+        return open_sqlite(sqlite_path(settings, state_dir))
+    return _migrated(db)
+
+
+def open_sqlite(path: Path) -> Database:
+    """A private SQLite file (created 0600 in a 0700 folder), migrated."""
+    _make_private(path)
+    return _migrated(SQLiteDatabase(path))
+
+
+def _migrated(db: Database) -> Database:
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _make_private(path: Path) -> None:
+    """The database and its folder readable by the service's account only (0600, 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    # SQLite gives its -wal and -shm files the database file's mode, so that is set first.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
