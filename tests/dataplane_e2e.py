@@ -212,9 +212,11 @@ def server_state(root: Path, model: str) -> ServerState:
 
 
 def dial_file(root: Path, model: str) -> dict[str, Any]:
-    """The dial.json the node runtime wrote for ``model``'s server: url, token, endpoint."""
-    written: dict[str, Any] = json.loads((server_paths(root, model).root / "dial.json").read_text())
-    return written
+    """The dial the node runtime wrote last into ``model``'s server's dial.json (one per
+    router URL, the latest last): url, token, endpoint, ca_file."""
+    written = json.loads((server_paths(root, model).root / "dial.json").read_text())
+    latest: dict[str, Any] = list(written["dials"].values())[-1]
+    return latest
 
 
 def pin_server(root: Path, model: str) -> None:

@@ -65,7 +65,13 @@ The data plane (``node_runtime.dialout``, runtime 0.3): every server runs an age
 own process. Once a task has written the server's dial file, the agent dials the router over
 a WebSocket (``node_runtime.wire``) and runs the requests that come down it against the
 server's application, holding the same in-flight marker and last-use stamp as a request
-through ``handle``.
+through ``handle``. Since 0.4 the dial file keeps one dial per router URL (several router
+replicas behind one site's address each hand the node their own) and the agent keeps a
+connection to each.
+
+A batch job (0.4) honours a pause marker in the batch's folder
+(``batch_files.request_pause``): it ends with state "paused" after the lines in flight, and
+resumes when submitted again once the marker is cleared.
 
 A backend error keeps its status and OpenAI error body; no answer at all becomes 502.
 Idle teardown: each request holds a shared lock on an in-flight marker and stamps a last-use
@@ -80,9 +86,10 @@ invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 
 # Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
 # of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
-# "send" in the request): the router checks it on every call, and
+# "send" in the request; 0.4: a dial per router URL, a connection to each, and batches that
+# pause): the router checks it on every call, and
 # a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402

@@ -5,7 +5,9 @@ no output on one invalid line, and writes its output once, at the end; so the jo
 model's server (``use_server``) and sends it the file with bounded concurrency. Each answer
 is appended to the output file as it comes (one flushed line), failures to the error file;
 custom_ids already in either file are skipped, so a job cut by its walltime resumes where it
-stopped. Every file is in the batch's own folder (``node_runtime.batch_files``); when the
+stopped. A pause marker ends the job "paused" once the lines in flight are answered: the
+router submits the batch again later, and the job resumes the same way. Every file is in
+the batch's own folder (``node_runtime.batch_files``); when the
 user named an ``output_file_path``, the results are copied there once the batch ends.
 
 The server is the batch's own (role "batch": never the interactive server of the model on
@@ -36,6 +38,7 @@ from .batch_files import (
     cancelled,
     hold_lock,
     input_lines,
+    paused,
     private_dir,
     publish,
 )
@@ -54,8 +57,10 @@ def run_batch(
     """Run one batch (its folder, see batch_files) on this node (the registered entry point).
 
     Returns {"runtime_version", "total", "completed", "failed", "skipped", "state",
-    "publish_error"}, state "completed" or "cancelled"; publish_error is why the results
-    could not be copied to ``publish_to`` (None when they were, or none was asked). Raises
+    "publish_error"}, state "completed", "cancelled" or "paused" (a pause marker stopped it,
+    or was there at the start: then no server was started; submitted again once the marker
+    is gone, the job resumes); publish_error is why the results could not be copied to
+    ``publish_to`` (None when they were, none was asked, or the batch is paused). Raises
     RuntimeError, before anything starts, if the installed runtime is not
     expected_runtime_version.
     """
@@ -104,6 +109,7 @@ class _Round:
     """How one pass over the file with one server ended."""
 
     cancelled: bool = False
+    paused: bool = False
     lost: str | None = None  # why lines got no answer, if some did
 
 
@@ -153,17 +159,20 @@ def feed(
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job for this batch waits, then resumes
         skip = answered_ids(dir_fd, OUTPUT) | answered_ids(dir_fd, ERRORS)
         results = Results(dir_fd, _count_requests(dir_fd))
-        results.write_progress()
         try:
-            stopped = _feed_rounds(spec, dir_fd, results, skip, max(1, concurrency))
-            results.state = FeedState.CANCELLED if stopped else FeedState.COMPLETED
+            if paused(dir_fd) and not cancelled(dir_fd):
+                results.state = FeedState.PAUSED  # a batch on hold starts no server
+            else:
+                results.write_progress()
+                results.state = _feed_rounds(spec, dir_fd, results, skip, max(1, concurrency))
         except BaseException:
             results.state = FeedState.FAILED
             raise
         finally:
             results.close()
         publish_error = None
-        if publish_to is not None:
+        # a paused batch is not done: its results are copied once it is
+        if publish_to is not None and results.state != FeedState.PAUSED:
             try:
                 publish(dir_fd, publish_to)
             except (OSError, ValueError) as err:
@@ -185,11 +194,12 @@ def _feed_rounds(
     results: Results,
     skip: set[str],
     concurrency: int,
-) -> bool:
-    """Feed the file, starting the server again when it dies mid-file; True if cancelled.
+) -> FeedState:
+    """Feed the file, starting the server again when it dies mid-file; return how it ended.
 
     Lines that got no answer are neither written nor counted: the next pass (on a server
-    that ``use_server`` found dead and started again) feeds every line not answered yet.
+    that ``use_server`` found dead and started again) feeds every line not answered yet,
+    and so does the next job after a pause.
     """
     done: set[str] = set()  # answered (written) by this job
     restarts = 0
@@ -204,8 +214,13 @@ def _feed_rounds(
                 dir_fd,
                 concurrency,
             )
-        if ended.lost is None or ended.cancelled:
-            return ended.cancelled
+        # A cancel that came while the paused job's last lines finished still wins.
+        if ended.cancelled or (ended.paused and cancelled(dir_fd)):
+            return FeedState.CANCELLED
+        if ended.paused:
+            return FeedState.PAUSED
+        if ended.lost is None:
+            return FeedState.COMPLETED
         if restarts == _MAX_RESTARTS:
             left = results.total - results.completed - results.failed
             raise BackendLost(
@@ -226,20 +241,35 @@ def _pump(
     dir_fd: int,
     concurrency: int,
 ) -> _Round:
-    """Feed lines through ``concurrency`` threads until they run out, a cancel, or no answer.
+    """Feed lines through ``concurrency`` threads until they run out, a cancel or a pause,
+    or no answer.
 
-    Once a line gets no answer, no line is sent any more: those already queued are dropped
-    (the next pass feeds them), those in flight finish or fail.
+    Once a line gets no answer, or a cancel or pause comes, no line is sent any more: those
+    already queued are dropped (the next pass, or job, feeds them), those in flight finish
+    or fail.
     """
     work: queue.Queue[object] = queue.Queue(maxsize=concurrency * 2)
     failures: list[BaseException] = []
     lost: list[str] = []
-    down = threading.Event()
+    down = threading.Event()  # no answer: the server is gone
+    halt = threading.Event()  # a cancel or a pause
+    ended = _Round()
+
+    def stop_asked() -> bool:
+        """Whether a cancel or a pause came; asked before each line is sent."""
+        if not halt.is_set():
+            if cancelled(dir_fd):
+                ended.cancelled = True
+                halt.set()
+            elif paused(dir_fd):
+                ended.paused = True
+                halt.set()
+        return halt.is_set()
 
     def worker() -> None:
         while (item := work.get()) is not _STOP:
             assert isinstance(item, dict)
-            if down.is_set():
+            if down.is_set() or stop_asked():
                 continue
             try:
                 results.add(*_answer(port, item, spec.name, spec.request_timeout_s))
@@ -253,13 +283,9 @@ def _pump(
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
-    ended = _Round()
     try:
         for line in lines:
-            if failures or down.is_set():
-                break
-            if cancelled(dir_fd):
-                ended.cancelled = True
+            if failures or down.is_set() or stop_asked():
                 break
             work.put(line)
     finally:

@@ -8,6 +8,9 @@ copies the validated input there; nothing a user names is opened by name after t
 - ``progress.json``: {"total", "completed", "failed", "state", "updated_at"}, replaced
   atomically while the job runs (the router reads it for status);
 - ``cancel``: when it appears, no new request is sent; those in flight finish;
+- ``pause``: the same, but the job ends "paused" and resumes when submitted again (once the
+  router took the marker away); a job started while it is there returns at once. A cancel
+  wins over a pause;
 - ``lock``: held while a job runs, so that two jobs never feed one batch.
 
 A folder is used only when it is a folder of this account that nobody else may write to,
@@ -31,6 +34,7 @@ OUTPUT = "output.jsonl"
 ERRORS = "errors.jsonl"
 PROGRESS = "progress.json"
 CANCEL = "cancel"
+PAUSE = "pause"
 LOCK = "lock"
 
 _PROGRESS_EVERY_S = 0.5
@@ -106,6 +110,23 @@ def request_cancel(batch_dir: str) -> None:
 def cancelled(dir_fd: int) -> bool:
     """Whether the router asked the job to stop."""
     return exists_in(dir_fd, CANCEL)
+
+
+def request_pause(batch_dir: str) -> None:
+    """Leave the pause marker for the job."""
+    with private_dir(batch_dir) as fd:
+        os.close(open_in(fd, PAUSE, os.O_WRONLY | os.O_CREAT))
+
+
+def clear_pause(batch_dir: str) -> None:
+    """Take the pause marker away (before the batch is submitted again)."""
+    with private_dir(batch_dir) as fd, contextlib.suppress(FileNotFoundError):
+        os.unlink(PAUSE, dir_fd=fd)
+
+
+def paused(dir_fd: int) -> bool:
+    """Whether the router asked the job to pause."""
+    return exists_in(dir_fd, PAUSE)
 
 
 def hold_lock(dir_fd: int) -> int:

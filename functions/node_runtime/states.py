@@ -68,4 +68,7 @@ class FeedState(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     CANCELLED = "cancelled"  # a cancel marker stopped it; lines in flight finished
+    # A pause marker stopped it; lines in flight finished. Not final: submitted again (the
+    # marker gone), the job resumes after the lines already answered.
+    PAUSED = "paused"
     FAILED = "failed"

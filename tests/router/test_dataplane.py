@@ -12,6 +12,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import httpx
 import pytest
 import uvicorn
 from node_runtime import wire
-from node_runtime.dialout.agent import Agent, write_dial
+from node_runtime.dialout.agent import Agent, read_dials, write_dial
+from node_runtime.state import any_in_flight
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -117,12 +119,19 @@ class Node:
 
 
 @dataclass
-class Served:
+class Router:
+    """A router replica: its own app on uvicorn, its own data plane and credentials."""
+
     harness: Harness
     plane: DataPlane
     url: str
     client: httpx.AsyncClient
+
+
+@dataclass
+class Served(Router):
     start_node: Callable[..., Any]
+    another_router: Callable[[], Any]
 
 
 def _free_port() -> int:
@@ -131,13 +140,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-async def served(make_harness: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Served]:
-    port = _free_port()
-    h = make_harness(
-        listen={"host": "127.0.0.1", "port": port},
-        data_plane={"enabled": True, "connect_wait_s": 2, "refresh_s": 30},
-    )
+@asynccontextmanager
+async def _router(h: Harness, port: int) -> AsyncIterator[Router]:
     plane = h.service.dispatcher.plane
     assert plane is not None
     config = uvicorn.Config(
@@ -153,35 +157,64 @@ async def served(make_harness: Callable[..., Harness], tmp_path: Path) -> AsyncI
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
-    nodes: list[Node] = []
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=h.auth, timeout=20
+        ) as client:
+            yield Router(h, plane, f"http://127.0.0.1:{port}", client)
+    finally:
+        server.should_exit = True
+        await serving
 
-    async def start_node(server_id: str, token: str | None = None) -> Node:
+
+@pytest.fixture
+async def served(make_harness: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Served]:
+    nodes: list[Node] = []
+    replicas: list[Router] = []
+
+    def harness(port: int) -> Harness:
+        return make_harness(
+            listen={"host": "127.0.0.1", "port": port},
+            data_plane={"enabled": True, "connect_wait_s": 2, "refresh_s": 30},
+            state_dir=str(tmp_path / f"router-{len(replicas)}"),
+        )
+
+    async def start_node(
+        server_id: str, token: str | None = None, routers: list[Router] | None = None
+    ) -> Node:
         folder = tmp_path / server_id
         folder.mkdir()
         model = PacedModel()
         agent = Agent(model, str(folder), server_id)
-        write_dial(
-            folder,
-            {
-                "url": f"http://127.0.0.1:{port}",
-                "endpoint": ENDPOINT,
-                "token": token or plane.credentials.mint(ENDPOINT),
-                "ca_file": None,
-            },
-        )
+        for router in routers or [first]:
+            write_dial(
+                folder,
+                {
+                    "url": router.url,
+                    "endpoint": ENDPOINT,
+                    "token": token or router.plane.credentials.mint(ENDPOINT),
+                    "ca_file": None,
+                },
+            )
         node = Node(agent, model, folder, asyncio.create_task(agent.run()))
         nodes.append(node)
         return node
 
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", headers=h.auth, timeout=20
-    ) as client:
-        yield Served(h, plane, f"http://127.0.0.1:{port}", client, start_node)
-    for node in nodes:
-        await node.agent.stop()
-        node.task.cancel()
-    server.should_exit = True
-    await serving
+    async with AsyncExitStack() as stack:
+
+        async def another_router() -> Router:
+            port = _free_port()
+            router = await stack.enter_async_context(_router(harness(port), port))
+            replicas.append(router)
+            return router
+
+        first = await another_router()
+        try:
+            yield Served(**vars(first), start_node=start_node, another_router=another_router)
+        finally:
+            for node in nodes:
+                await node.agent.stop()
+                node.task.cancel()
 
 
 async def connected(plane: DataPlane, count: int = 1) -> None:
@@ -308,7 +341,7 @@ async def test_a_dropped_connection_fails_its_streams_and_the_node_dials_again(
         lines = response.aiter_lines()
         assert (await anext(lines)).startswith("data:")
         [live] = served.plane.hub._by_endpoint[ENDPOINT]
-        await node.agent._connection.close()  # the network drops the line
+        await node.agent.connection(served.url).close()  # the network drops the line
         rest = [line async for line in lines if line.startswith("data:")]
     assert json.loads(rest[-2][5:])["error"]["code"] == "server_gone"
     # The node dials again with the credential it holds, and serves the next request.
@@ -365,7 +398,7 @@ async def test_the_handshake_refuses_a_credential_used_out_of_its_place(
 ) -> None:
     node = await served.start_node("s-1")
     await connected(served.plane)
-    token = json.loads((node.folder / "dial.json").read_text())["token"]
+    token = (read_dials(node.folder) or {})[served.url].token
     headers = {
         "Authorization": f"Bearer {token}",
         wire.ENDPOINT_HEADER: endpoint,
@@ -380,7 +413,7 @@ async def test_the_handshake_refuses_a_credential_used_out_of_its_place(
 async def test_a_bye_revokes_the_servers_credential(served: Served) -> None:
     node = await served.start_node("s-1")
     await connected(served.plane)
-    token = json.loads((node.folder / "dial.json").read_text())["token"]
+    token = (read_dials(node.folder) or {})[served.url].token
     await node.agent.stop()
     for _ in range(100):
         if not served.plane.servers(ENDPOINT):
@@ -388,6 +421,62 @@ async def test_a_bye_revokes_the_servers_credential(served: Served) -> None:
         await asyncio.sleep(0.02)
     with pytest.raises(Refused, match="unknown or revoked"):
         served.plane.credentials.admit(token, ENDPOINT, "s-1")
+
+
+async def test_a_server_dials_every_router_and_serves_each_down_its_own_connection(
+    served: Served,
+) -> None:
+    second = await served.another_router()
+    node = await served.start_node("s-1", routers=[served, second])
+    await connected(served.plane)
+    await connected(second.plane)
+    # A stream on each router's connection at once (their stream ids may be the same).
+    async with (
+        served.client.stream("POST", CHAT, json=chat(stream=True)) as first,
+        second.client.stream("POST", CHAT, json=chat(stream=True)) as other,
+    ):
+        first_lines, other_lines = first.aiter_lines(), other.aiter_lines()
+        assert (await anext(first_lines)).startswith("data:")
+        assert (await anext(other_lines)).startswith("data:")
+        assert any_in_flight(node.agent.paths)
+        await first.aclose()  # the first client leaves: its request is cancelled at the server
+        await asyncio.wait_for(node.model.disconnected.wait(), 10)
+        assert any_in_flight(node.agent.paths)  # the other router's request still holds it
+        node.model.gate.set()
+        rest = [line async for line in other_lines if line.startswith("data:")]
+    assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][5:])["n"] == 2
+    assert not any_in_flight(node.agent.paths)
+    assert (await second.client.post(CHAT, json=chat())).status_code == 200
+    [on_first] = served.plane.servers(ENDPOINT)
+    [on_second] = second.plane.servers(ENDPOINT)
+    assert on_first["server_id"] == on_second["server_id"] == "s-1"
+    assert (on_first["requests"], on_second["requests"]) == (1, 2)
+    # Stopping says goodbye on both: each router forgets its own credential.
+    dials = read_dials(node.folder) or {}
+    await node.agent.stop()
+    for router in (served, second):
+        for _ in range(100):
+            if not router.plane.servers(ENDPOINT):
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(Refused, match="unknown or revoked"):
+            router.plane.credentials.admit(dials[router.url].token, ENDPOINT, "s-1")
+
+
+async def test_a_router_that_refuses_the_node_does_not_keep_it_from_another(
+    served: Served,
+) -> None:
+    second = await served.another_router()
+    node = await served.start_node("s-1")
+    good = {"url": second.url, "endpoint": ENDPOINT, "ca_file": None}
+    write_dial(node.folder, {**good, "token": served.plane.credentials.mint(ENDPOINT)})
+    await connected(served.plane)
+    await asyncio.sleep(0.5)
+    assert second.plane.servers(ENDPOINT) == []  # another router's credential: refused
+    assert (await served.client.post(CHAT, json=chat())).status_code == 200
+    write_dial(node.folder, {**good, "token": second.plane.credentials.mint(ENDPOINT)})
+    await connected(second.plane)
+    assert len(served.plane.servers(ENDPOINT)) == 1
 
 
 class Clock:

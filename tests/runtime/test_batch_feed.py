@@ -1,4 +1,5 @@
-"""The batch feed loop over a stand-in model server that dies: restarts, retries, aliases.
+"""The batch feed loop over a stand-in model server that dies: restarts, retries, aliases;
+and a batch paused (mid-file or before it starts), then resumed.
 
 The server is a stdlib HTTP server behind a stand-in ``use_server`` (each call after a death
 starts a new one), so these run in a second; the real vLLM path is
@@ -19,7 +20,14 @@ from typing import Any
 import node_runtime.batch
 import pytest
 from node_runtime import ServerHandle, ServerSpec
-from node_runtime.batch_files import ERRORS, INPUT, OUTPUT
+from node_runtime.batch_files import (
+    ERRORS,
+    INPUT,
+    OUTPUT,
+    clear_pause,
+    request_cancel,
+    request_pause,
+)
 
 from .local_backends import vllm_spec
 
@@ -30,9 +38,12 @@ ALIAS = "tiny-previous"
 class _Model(http.server.ThreadingHTTPServer):
     """Answers chat requests until it has answered ``lives`` of them, then drops every one."""
 
-    def __init__(self, lives: int) -> None:
+    def __init__(self, lives: int, pause_after: int | None, folder: Path | None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lives = lives
+        self.answered = 0
+        self.pause_after = pause_after  # then it leaves the pause marker in ``folder``
+        self.folder = folder
         self.models: list[str] = []
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -46,6 +57,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             alive = self.server.lives > 0
             self.server.lives -= 1
+            if alive:
+                self.server.answered += 1
+                if self.server.answered == self.server.pause_after:
+                    assert self.server.folder is not None
+                    request_pause(str(self.server.folder))
         if not alive:
             self.close_connection = True  # gone: no status, no body
             return
@@ -64,8 +80,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Servers:
     """A stand-in for ``use_server``: the same server while it lives, a new one after."""
 
-    def __init__(self, lives: list[int]) -> None:
+    def __init__(
+        self, lives: list[int], pause_after: int | None = None, folder: Path | None = None
+    ) -> None:
         self.lives = lives
+        self.pause_after = pause_after
+        self.folder = folder
         self.started: list[_Model] = []
         self.roles: list[str] = []
 
@@ -73,7 +93,8 @@ class _Servers:
     def use(self, spec: ServerSpec) -> Iterator[ServerHandle]:
         self.roles.append(spec.role)
         if not self.started or self.started[-1].lives <= 0:
-            self.started.append(_Model(self.lives[min(len(self.started), len(self.lives) - 1)]))
+            lives = self.lives[min(len(self.started), len(self.lives) - 1)]
+            self.started.append(_Model(lives, self.pause_after, self.folder))
         port = self.started[-1].server_address[1]
         yield ServerHandle(int(port), "s", True, 0.0, "/nowhere")
 
@@ -145,3 +166,63 @@ def test_a_server_that_keeps_dying_fails_the_batch_and_records_no_unanswered_lin
     assert _lines(folder, ERRORS) == []
     progress = json.loads((folder / "progress.json").read_text())
     assert (progress["completed"], progress["failed"], progress["state"]) == (40, 0, "failed")
+
+
+def _run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: Path, servers: _Servers
+) -> dict[str, Any]:
+    monkeypatch.setattr(node_runtime.batch, "use_server", servers.use)
+    try:
+        return node_runtime.batch.feed(vllm_spec(SERVED, tmp_path, require=False), str(folder), 4)
+    finally:
+        servers.close()
+
+
+def _progress(folder: Path) -> dict[str, Any]:
+    progress: dict[str, Any] = json.loads((folder / "progress.json").read_text())
+    return progress
+
+
+def test_a_batch_paused_mid_file_stops_and_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _batch(tmp_path, 100)
+    first = _run(tmp_path, monkeypatch, folder, _Servers([1000], pause_after=30, folder=folder))
+    assert first["state"] == "paused"
+    # the lines in flight when the marker came (the 30th and at most 3 others, at
+    # concurrency 4) finished; no new one was sent
+    assert 30 <= first["completed"] <= 33 and first["failed"] == 0
+    answered = [a["custom_id"] for a in _lines(folder, OUTPUT)]
+    assert len(answered) == len(set(answered)) == first["completed"]
+    assert (_progress(folder)["state"], _progress(folder)["completed"]) == (
+        "paused",
+        first["completed"],
+    )
+
+    clear_pause(str(folder))
+    second = _run(tmp_path, monkeypatch, folder, _Servers([1000]))
+    assert second["state"] == "completed" and second["skipped"] == first["completed"]
+    answered = [a["custom_id"] for a in _lines(folder, OUTPUT)]
+    assert sorted(answered) == sorted(f"r{n}" for n in range(100))  # each exactly once
+    assert (second["completed"], _progress(folder)["state"]) == (100, "completed")
+
+
+def test_a_batch_started_paused_returns_at_once_without_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _batch(tmp_path, 10)
+    request_pause(str(folder))
+    servers = _Servers([1000])
+    result = _run(tmp_path, monkeypatch, folder, servers)
+    assert (result["state"], result["completed"], result["total"]) == ("paused", 0, 10)
+    assert servers.roles == []  # use_server was never called: no model server started
+    assert _progress(folder)["state"] == "paused" and _lines(folder, OUTPUT) == []
+
+
+def test_a_cancel_wins_over_a_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _batch(tmp_path, 10)
+    request_pause(str(folder))
+    request_cancel(str(folder))
+    result = _run(tmp_path, monkeypatch, folder, _Servers([1000]))
+    assert (result["state"], result["completed"]) == ("cancelled", 0)
+    assert _progress(folder)["state"] == "cancelled"

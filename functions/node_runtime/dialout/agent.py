@@ -1,4 +1,18 @@
-"""The agent: dial the router, register this server, run the requests that come down the line."""
+"""The agent: dial every router the dial file names, register this server, run the requests
+that come down each line.
+
+Each router URL in the dial file (``dialfile``) gets a link of its own: one connection,
+dialled again whenever it drops. The agent follows the file: a new URL gets a link, a URL
+that left the file is hung up on (with a goodbye), and a new credential for a URL is used
+at that link's next dial. A live connection is not cut for a new credential (the routers
+hand one out with every keep-alive task; cutting would fail the streams in flight): the
+router accepts the credential it admitted for as long as the connection lives.
+
+A router that refuses the credential (HTTP 401 or 403 at the handshake) is not dialled again
+until the file gives its URL a new one; one that cannot be reached is dialled again with a
+backoff. Requests of every connection run at once, against the one application, and share
+the server's in-flight marker.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 import ssl
 import sys
@@ -17,6 +30,9 @@ from typing import IO, Any
 
 from .. import __version__, wire
 from ..state import ServerPaths, hold_in_flight, release_in_flight
+from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
+
+__all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
 
 log = logging.getLogger("node_runtime.dialout")
 if not log.handlers:
@@ -30,48 +46,11 @@ if not log.handlers:
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
-DIAL_FILE = "dial.json"
 _POLL_S = 0.5
+_FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
+_REFUSED = (401, 403)  # the router does not take this credential: wait for a new one
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-
-
-@dataclass(frozen=True)
-class Dial:
-    """Where and as what to dial, as the node runtime wrote it for this server."""
-
-    url: str
-    token: str
-    endpoint: str
-    ca_file: str | None
-    stamp: tuple[int, int]  # the file's (mtime_ns, size): a new credential is a new stamp
-
-
-def write_dial(folder: Path, dial: dict[str, Any]) -> None:
-    """Write a server's dial file (owner-only, replaced atomically)."""
-    target = folder / DIAL_FILE
-    temporary = folder / f".{DIAL_FILE}.{os.getpid()}"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(dial, handle)
-    os.replace(temporary, target)
-
-
-def read_dial(folder: Path) -> Dial | None:
-    """The dial file, or None while there is none (or it is being replaced)."""
-    path = folder / DIAL_FILE
-    try:
-        info = path.stat()
-        fields = json.loads(path.read_text())
-        return Dial(
-            url=str(fields["url"]),
-            token=str(fields["token"]),
-            endpoint=str(fields["endpoint"]),
-            ca_file=fields.get("ca_file"),
-            stamp=(info.st_mtime_ns, info.st_size),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass
@@ -81,43 +60,39 @@ class _Stream:
     started: bool = False
 
 
-class Agent:
-    """One server's connection to the router, dialled again whenever it drops."""
+class _Link:
+    """The connection to one router: dialled, served, and dialled again until hung up."""
 
-    def __init__(self, app: ASGIApp, folder: str, server_id: str) -> None:
-        self.app = app
-        self.folder = Path(folder)
-        self.paths = ServerPaths(self.folder)
-        self.server_id = server_id
-        self._inherited: dict[str, Any] = {}
-        self._streams: dict[int, _Stream] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._connection: Any = None
-        self._stopping = False
-        self._in_flight = 0
-        self._marker: IO[str] | None = None
+    def __init__(self, agent: Agent, dial: Dial) -> None:
+        self.agent = agent
+        self.dial = dial
+        self.changed = asyncio.Event()  # the file gave this URL a new dial
+        self.refused: str | None = None  # the credential this router refused
+        self.connection: Any = None
+        self.streams: dict[int, _Stream] = {}  # stream ids are the router's: one set a link
+        self.closing = False
+        self.task = asyncio.create_task(self.run())
 
-    def inherit(self, lifespan_scope: MutableMapping[str, Any]) -> None:
-        """Keep what every request's scope needs from the lifespan's: the application
-        object (Starlette's ``request.app``) and the lifespan state (a copy per request)."""
-        self._inherited = {k: lifespan_scope[k] for k in ("app", "state") if k in lifespan_scope}
+    def offer(self, dial: Dial) -> None:
+        """The dial file's current entry for this URL: used at the next dial."""
+        if dial != self.dial:
+            self.dial = dial
+            self.changed.set()
 
     async def run(self) -> None:
-        """Dial, serve, and dial again, until the server stops."""
-        try:
-            from websockets.asyncio.client import connect
-            from websockets.exceptions import InvalidStatus, WebSocketException
-        except ImportError:
-            log.error("dialout: the websockets library is missing; requests use the task path")
-            return
-        refused: tuple[int, int] | None = None
-        delay = 0.2
-        while not self._stopping:
-            dial = await self._wait_dial(refused)
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
+        delay = _FIRST_BACKOFF_S
+        while not self.closing:
+            if self.dial.token == self.refused:
+                await self.changed.wait()  # a task brings a new credential, or never
+            self.changed.clear()
+            dial = self.dial
             try:
                 async with connect(
                     wire.websocket_url(dial.url),
-                    additional_headers=self._headers(dial),
+                    additional_headers=self.agent.headers(dial),
                     compression=None,  # about a fifth of the relay's CPU, for JSON that is small
                     max_size=None,
                     ping_interval=20,
@@ -127,36 +102,111 @@ class Agent:
                     proxy=None if _loopback(dial.url) else True,
                 ) as connection:
                     log.warning("dialout: connected to %s as %s", dial.url, dial.endpoint)
-                    delay = 0.2
-                    self._connection = connection
-                    await self._serve(connection)
+                    delay = _FIRST_BACKOFF_S
+                    self.connection = connection
+                    await self.agent.serve(connection, self.streams)
             except InvalidStatus as exc:
                 status = exc.response.status_code
+                if status in _REFUSED:
+                    log.warning(
+                        "dialout: %s refused this server's credential (HTTP %s); it is dialled "
+                        "again once a task of that router brings a new one",
+                        dial.url,
+                        status,
+                    )
+                    self.refused = dial.token
+                    continue
                 log.warning("dialout: %s refused this server (HTTP %s)", dial.url, status)
-                if status == 403:
-                    refused = dial.stamp  # wait for a new credential from a task
             except (OSError, TimeoutError, WebSocketException) as exc:
                 log.warning("dialout: connection to %s lost or failed: %r", dial.url, exc)
-            except Exception:  # a bad dial file or record: say so, and never stop dialling
+            except Exception:  # a bad dial or record: say so, and never stop dialling
                 log.exception("dialout: unexpected failure on the connection to %s", dial.url)
             finally:
-                self._connection = None
-                for stream in self._streams.values():
+                self.connection = None
+                for stream in self.streams.values():
                     stream.cancelled.set()  # their clients were told by the router
-            if not self._stopping:
-                await asyncio.sleep(delay)
+            if not self.closing:
+                # A new credential cuts the backoff short.
+                # (asyncio's own TimeoutError: the runtime supports Python 3.10)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
 
-    async def stop(self) -> None:
-        """Say goodbye (the router forgets this server's credential) and hang up."""
-        self._stopping = True
-        connection = self._connection
+    async def hang_up(self) -> None:
+        """Say goodbye (the router forgets this server's credential) and stop dialling."""
+        self.closing = True
+        connection = self.connection
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.send(json.dumps({"type": "bye"}))
                 await connection.close()
+        self.task.cancel()
+        await asyncio.wait({self.task})
 
-    def _headers(self, dial: Dial) -> list[tuple[str, str]]:
+
+class Agent:
+    """One server's connections to the routers its dial file names."""
+
+    def __init__(self, app: ASGIApp, folder: str, server_id: str) -> None:
+        self.app = app
+        self.folder = Path(folder)
+        self.paths = ServerPaths(self.folder)
+        self.server_id = server_id
+        self._inherited: dict[str, Any] = {}
+        self._links: dict[str, _Link] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._in_flight = 0
+        self._marker: IO[str] | None = None
+
+    def inherit(self, lifespan_scope: MutableMapping[str, Any]) -> None:
+        """Keep what every request's scope needs from the lifespan's: the application
+        object (Starlette's ``request.app``) and the lifespan state (a copy per request)."""
+        self._inherited = {k: lifespan_scope[k] for k in ("app", "state") if k in lifespan_scope}
+
+    def connection(self, url: str) -> Any:
+        """The live connection to the router at ``url``, or None."""
+        link = self._links.get(url)
+        return None if link is None else link.connection
+
+    async def run(self) -> None:
+        """Follow the dial file until the server stops: a link for each router it names."""
+        try:
+            import websockets.asyncio.client  # noqa: F401 - each link imports what it uses
+        except ImportError:
+            log.error("dialout: the websockets library is missing; requests use the task path")
+            return
+        try:
+            while not self._stopping:
+                dials = read_dials(self.folder)
+                if dials is not None:
+                    await self._follow(dials)
+                await asyncio.sleep(_POLL_S)
+        finally:
+            for link in self._links.values():
+                link.task.cancel()
+
+    async def stop(self) -> None:
+        """Say goodbye on every connection and hang up."""
+        self._stopping = True
+        links, self._links = list(self._links.values()), {}
+        await asyncio.gather(*(link.hang_up() for link in links))
+
+    async def _follow(self, dials: dict[str, Dial]) -> None:
+        for url in [url for url in self._links if url not in dials]:
+            log.warning("dialout: %s left the dial file; hanging up", url)
+            await self._links.pop(url).hang_up()
+        for url, dial in dials.items():
+            if self._stopping:
+                return
+            link = self._links.get(url)
+            if link is None:
+                self._links[url] = _Link(self, dial)
+            else:
+                link.offer(dial)
+
+    def headers(self, dial: Dial) -> list[tuple[str, str]]:
+        """The handshake's headers for ``dial``."""
         return [
             ("Authorization", f"Bearer {dial.token}"),
             (wire.ENDPOINT_HEADER, dial.endpoint),
@@ -165,29 +215,32 @@ class Agent:
             (wire.RUNTIME_HEADER, __version__),
         ]
 
-    async def _wait_dial(self, refused: tuple[int, int] | None) -> Dial:
-        while True:
-            dial = read_dial(self.folder)
-            if dial is not None and dial.stamp != refused:
-                return dial
-            await asyncio.sleep(_POLL_S)
-
-    async def _serve(self, connection: Any) -> None:
+    async def serve(self, connection: Any, streams: dict[int, _Stream]) -> None:
+        """Run each request that comes down ``connection`` in a task of its own."""
         async for message in connection:
             if isinstance(message, str):
                 continue  # no control messages travel this way yet
             kind, stream_id, payload = wire.unpack(message)
             if kind == wire.REQUEST:
-                stream = self._streams[stream_id] = _Stream()
-                task = asyncio.create_task(self._run(connection, stream_id, stream, payload))
+                stream = streams[stream_id] = _Stream()
+                task = asyncio.create_task(
+                    self._run(connection, streams, stream_id, stream, payload)
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif kind == wire.CANCEL:
-                cancelled = self._streams.get(stream_id)
+                cancelled = streams.get(stream_id)
                 if cancelled is not None:
                     cancelled.cancelled.set()
 
-    async def _run(self, connection: Any, stream_id: int, stream: _Stream, payload: bytes) -> None:
+    async def _run(
+        self,
+        connection: Any,
+        streams: dict[int, _Stream],
+        stream_id: int,
+        stream: _Stream,
+        payload: bytes,
+    ) -> None:
         """Run one request against the application; send its answer back as it comes."""
         self._begin()
         try:
@@ -239,7 +292,7 @@ class Agent:
                 )
                 await self._send(connection, stream, wire.pack(wire.END, stream_id))
         finally:
-            self._streams.pop(stream_id, None)
+            streams.pop(stream_id, None)
             self._end()
 
     async def _send(self, connection: Any, stream: _Stream, record: bytes) -> None:
