@@ -16,7 +16,7 @@ from inference_bundle.config.catalog import Catalog
 from inference_bundle.config.settings import RouterSettings, load_settings
 from inference_bundle.ops.local_run import DeployError, LocalDeployment
 from inference_bundle.rendering.specs import server_spec
-from inference_bundle.router.auth import create_api_key
+from inference_bundle.router.auth.keys import create_api_key, holds_key
 
 # Source folders whose change means the router must be restarted to serve the new code.
 _FINGERPRINTED = ("inference_bundle", "functions/node_runtime", "templates")
@@ -59,8 +59,10 @@ def api_key(run: LocalDeployment, settings: RouterSettings) -> str:
     configured = settings.auth.keys_file if settings.auth.mode == "keys" else None
     keys_file = Path(configured or ".state/router/api-keys.json")
     keys_file = keys_file if keys_file.is_absolute() else run.root / keys_file
-    if run.key_file.exists() and keys_file.exists():
-        return run.key_file.read_text().strip()
+    if run.key_file.exists():
+        saved = run.key_file.read_text().strip()
+        if holds_key(keys_file, saved):  # not revoked (`bundle keys revoke`) since
+            return saved
     key = create_api_key(keys_file, getpass.getuser())
     run.key_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(run.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,8 @@ class Caller:
     user: str  # Globus username, or the API key's user name
     identity_id: str | None
     groups: frozenset[str]  # group names as the catalog uses them
+    # May see what every user did (the usage view): the key says so, or `auth.admins`.
+    admin: bool = False
 
 
 class Authenticator(Protocol):
@@ -40,6 +43,14 @@ class AuthConfigError(Exception):
 def digest(secret: str) -> str:
     """The hex sha256 of a token or key: what we store, cache and compare, never the secret."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def admin_names(users: Iterable[str]) -> frozenset[str]:
+    """`auth.admins` as callers are checked against it: ``user.casefold() in admin_names(...)``.
+
+    Case is ignored, as Globus does for usernames (jdoe@ANL.gov is jdoe@anl.gov).
+    """
+    return frozenset(user.strip().casefold() for user in users)
 
 
 def unauthorized(message: str, *, code: str, invalid: bool) -> APIError:

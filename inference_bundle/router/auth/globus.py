@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,13 @@ from globus_sdk.scopes import GroupsScopes
 
 from inference_bundle.config.settings import GlobusAuthSettings
 from inference_bundle.router.auth.cache import ExpiringCache
-from inference_bundle.router.auth.credentials import Caller, bearer_credential, digest, unauthorized
+from inference_bundle.router.auth.credentials import (
+    Caller,
+    admin_names,
+    bearer_credential,
+    digest,
+    unauthorized,
+)
 from inference_bundle.router.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ class GlobusAuthenticator:
 
     A cached Caller never outlives its token's `exp`. Concurrent first requests with one
     token make one introspection. Failures to reach Globus are 503s and are not cached.
+    A user named in `admins` (`auth.admins`) is an admin caller.
     """
 
     def __init__(
@@ -81,11 +88,13 @@ class GlobusAuthenticator:
         clock: Callable[[], float] = time.time,
         max_cache_entries: int = 10_000,
         http_timeout_s: float = 10.0,
+        admins: Iterable[str] = (),
     ) -> None:
         self._client_id = settings.client_id
         self._secret = client_secret
         self._ttl = settings.cache_ttl_s
         self._names_by_id = {gid.lower(): name for name, gid in settings.groups.items()}
+        self._admins = admin_names(admins)
         self._clock = clock
         self._timeout = http_timeout_s
         # Resolved once, so every thread's clients talk to the same place.
@@ -136,7 +145,10 @@ class GlobusAuthenticator:
         groups = self._groups(token, username) if self._names_by_id else frozenset()
         sub = data.get("sub")
         caller = Caller(
-            user=username, identity_id=sub if isinstance(sub, str) else None, groups=groups
+            user=username,
+            identity_id=sub if isinstance(sub, str) else None,
+            groups=groups,
+            admin=username.casefold() in self._admins,
         )
         until = now + self._ttl
         if isinstance(exp, int | float):
