@@ -42,6 +42,11 @@ class _AuthSettings(_Settings):
 
     mode: Literal["keys", "globus"]
     policy: dict[str, ClusterPolicy] = Field(default_factory=dict, description="per cluster")
+    admins: list[str] = Field(
+        default_factory=list,
+        description="user names (an API key's user, a Globus username such as jdoe@anl.gov; "
+        "case ignored) who get the admin view, in either mode",
+    )
 
 
 class KeysAuthSettings(_AuthSettings):
@@ -91,7 +96,9 @@ class BatchSettings(_Settings):
     """Batches: where their records live, how hard each job feeds its server."""
 
     db: str | None = Field(
-        default=None, description="SQLite file, relative to state_dir; default batches.db"
+        default=None,
+        description="the router's SQLite file (every record: batches, files, usage, limits) "
+        "unless store.url names a database; relative to state_dir; default batches.db",
     )
     concurrency: int = Field(default=64, ge=1, le=1024, description="requests in flight a job")
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="an upload")
@@ -167,10 +174,73 @@ class DataPlaneSettings(_Settings):
     )
 
 
+class LimitValues(_Settings):
+    """Limits on one counter (a user's, a group's or a model's); unset: no limit."""
+
+    requests_per_second: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="prompt and completion tokens in any 60 s"
+    )
+    tokens_per_day: int | None = Field(
+        default=None, ge=0, description="a budget: tokens a UTC day (0: none left to spend)"
+    )
+    tokens_per_month: int | None = Field(
+        default=None, ge=0, description="a budget: tokens a UTC calendar month (an allocation)"
+    )
+
+    def over(self, other: LimitValues) -> LimitValues:
+        """These values, with ``other``'s where ``other`` sets one (an override)."""
+        return self.model_copy(update=other.model_dump(exclude_none=True))
+
+    def any(self) -> bool:
+        return any(value is not None for value in self.model_dump().values())
+
+
+class ClusterLimits(_Settings):
+    """One cluster's limits: the counters every user, group and model gets, and overrides."""
+
+    user: LimitValues = Field(default_factory=LimitValues, description="each user's own")
+    group: LimitValues = Field(
+        default_factory=LimitValues, description="each group's: all its members together"
+    )
+    model: LimitValues = Field(
+        default_factory=LimitValues, description="each model's: all its users together"
+    )
+    users: dict[str, LimitValues] = Field(
+        default_factory=dict, description="per user name (all of that user's keys): overrides"
+    )
+    groups: dict[str, LimitValues] = Field(default_factory=dict, description="per group name")
+    models: dict[str, LimitValues] = Field(
+        default_factory=dict, description="per model name (as users ask for it)"
+    )
+
+
 class LimitsSettings(_Settings):
-    """Bounds on what one request may ask of a model."""
+    """Bounds on what one request may ask of a model, and fair sharing between users.
+
+    With no ``clusters`` section nothing is limited (usage is still recorded): the
+    embedded local cluster needs no config. A request's cost is reserved before it is
+    sent (its prompt estimated from the body, plus ``max_tokens`` or
+    ``default_max_tokens``) and settled with the tokens the backend reports.
+    """
 
     max_n: int = Field(default=8, ge=1, le=128, description="most choices (n) a request may ask")
+    default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="completion tokens reserved for a request that names no max_tokens",
+    )
+    prompt_bytes_per_token: float = Field(
+        default=2.0,
+        gt=0,
+        description="how a prompt's size is turned into tokens before the backend counts "
+        "them (lower: a larger, safer reservation)",
+    )
+    clusters: dict[str, ClusterLimits] = Field(
+        default_factory=dict, description="per cluster this router serves"
+    )
 
 
 class MetricsSettings(_Settings):
@@ -188,6 +258,27 @@ class MetricsSettings(_Settings):
     )
 
 
+class StoreSettings(_Settings):
+    """Where the router keeps its records: batches, files, usage and limit counters."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^postgres(ql)?://",
+        description="a PostgreSQL database several routers share (postgresql://user@host/db; "
+        "the password from ~/.pgpass or PGPASSWORD, never here); default: the SQLite file "
+        "batches.db names",
+    )
+    pool_size: int = Field(default=8, ge=1, le=100, description="PostgreSQL connections")
+    connect_timeout_s: float = Field(
+        default=3, gt=0, description="how long a request waits for the database (then a 503)"
+    )
+    keep_days: int = Field(
+        default=400,
+        ge=1,
+        description="how long per-request usage records are kept (daily totals are kept for good)",
+    )
+
+
 class _RouterSettings(_Settings):
     """One router deployment."""
 
@@ -202,6 +293,7 @@ class _RouterSettings(_Settings):
     auth: AuthSettings
     batches: BatchSettings = BatchSettings()
     limits: LimitsSettings = LimitsSettings()
+    store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
     data_plane: DataPlaneSettings = DataPlaneSettings()
 

@@ -13,12 +13,14 @@ from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import AuthConfigError
+from inference_bundle.router.limits.reload import LimitsConfigError
 from inference_bundle.router.service import (
     StateFolderInUse,
     build_service,
     lock_state_folder,
     state_folder,
 )
+from inference_bundle.router.store import SchemaTooNew, StoreUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,16 +35,19 @@ def main(config: Path, root: Path) -> None:
         settings = load_settings(config, root)
         # Held until the process ends: a second router on this folder stops here.
         lock = lock_state_folder(state_folder(settings, root))
-        service = build_service(settings, root)
+        service = build_service(settings, root, config_path=config.resolve())
     except ConfigError as err:
         for problem in err.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)
-    except AuthConfigError as err:
-        click.echo(f"{config}: {err}", err=True)
-        sys.exit(1)
-    except StateFolderInUse as err:
-        click.echo(f"{config}: state_dir: {err}", err=True)
+    except (
+        AuthConfigError,
+        StateFolderInUse,
+        LimitsConfigError,
+        StoreUnavailable,
+        SchemaTooNew,
+    ) as err:
+        click.echo(_startup_problem(config, err), err=True)
         sys.exit(1)
     listen = settings.listen
     uvicorn.run(
@@ -61,6 +66,19 @@ def main(config: Path, root: Path) -> None:
         timeout_graceful_shutdown=5,
     )
     lock.close()
+
+
+def _startup_problem(config: Path, err: Exception) -> str:
+    """Why the router cannot start, naming the settings file and, where one, the field."""
+    if isinstance(err, StateFolderInUse):
+        return f"{config}: state_dir: {err}"
+    if isinstance(err, StoreUnavailable):
+        return f"{config}: store.url: the database does not answer: {err.detail}"
+    if isinstance(err, SchemaTooNew):
+        return f"{config}: store: {err}"
+    if isinstance(err, LimitsConfigError):
+        return str(err)  # it names the file and the field already
+    return f"{config}: {err}"
 
 
 def _from_root(root: Path, path: str | None) -> str | None:

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from inference_bundle.router.api import batches, files, listings, openai, operations
+from inference_bundle.router.api import batches, files, listings, openai, operations, usage
 from inference_bundle.router.dataplane import endpoint as dataplane_endpoint
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.limits.reload import LimitsWatcher
 from inference_bundle.router.service import RouterService
 
 log = logging.getLogger("router")
@@ -30,14 +31,20 @@ def create_app(service: RouterService) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.limiter.start()
+        watcher = LimitsWatcher(service)
+        watcher.start()
         # Batches a previous router left running go on.
         await run_in_threadpool(service.batches.runner.resume_unfinished)
+        service.batches.runner.watch()
         settings = service.settings
         if settings.executor == "engine" and settings.batches.prestart_engines:
             service.batches.runner.prestart()
         yield
+        watcher.stop()
         if service.dispatcher.plane is not None:
             service.dispatcher.plane.hub.close_all()
+        await service.limiter.stop()
         await run_in_threadpool(service.shutdown)
 
     return Starlette(
@@ -60,6 +67,7 @@ def api_routes(service: RouterService) -> list[BaseRoute]:
         *(dataplane_endpoint.routes(plane) if plane is not None else []),
         *batches.routes(service.batches),
         *files.routes(service.batches),
+        *usage.routes(service),
         *openai.routes(service),
         *listings.routes(service),
         *operations.routes(service),

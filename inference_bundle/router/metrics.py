@@ -64,6 +64,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Per model, not per user: a label per user would grow without bound.
+        self.tokens = Counter(
+            "router_tokens",
+            "Tokens the backends reported, by model and kind (prompt, completion)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "router_limit_refusals",
+            "Requests refused by a limit (429), by the limit",
+            ["limit"],
+            registry=self.registry,
+        )
         self.registry.register(_StatesCollector(states))
 
 

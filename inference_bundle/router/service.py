@@ -21,6 +21,7 @@ from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.dispatch import Dispatcher
+from inference_bundle.router.errors import APIError
 from inference_bundle.router.executors.globus import (
     GlobusExecutor,
     SharedSubmitter,
@@ -28,9 +29,13 @@ from inference_bundle.router.executors.globus import (
 )
 from inference_bundle.router.executors.pool import ExecutorPool, engine_factory
 from inference_bundle.router.joblisting import JobListing
+from inference_bundle.router.limits.ledger import Ledger
+from inference_bundle.router.limits.limiter import Limiter
+from inference_bundle.router.limits.reload import check_limits
 from inference_bundle.router.metrics import Metrics, metrics_token
 from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.states import StateTracker
+from inference_bundle.router.store import Database, open_database
 
 
 @dataclass
@@ -44,8 +49,10 @@ class RouterService:
     metrics: Metrics
     job_listing: JobListing
     batches: BatchService
+    limiter: Limiter
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics_token: str | None = None  # what GET /metrics asks for when metrics.access is key
+    config_path: Path | None = None  # the settings file, reread for new limits
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -57,6 +64,7 @@ def build_service(
     settings: RouterSettings,
     root: Path,
     sdk_executor: Callable[[], Any] = default_sdk_executor,
+    config_path: Path | None = None,
 ) -> RouterService:
     """Load the catalogs this router serves and wire its parts together.
 
@@ -65,6 +73,7 @@ def build_service(
     catalogs: list[Catalog] = [load_catalog(root, cluster) for cluster in settings.clusters]
     table = RouteTable(catalogs)
     _check_groups(settings, table)
+    check_limits(settings.limits, table, config_path)
     tracker = StateTracker()
     for route in table.routes():
         tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
@@ -108,7 +117,11 @@ def build_service(
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)
-    batches = _batch_service(settings, catalogs, table, batch_pool, authenticator, state_dir)
+    db = open_database(settings, state_dir)
+    limiter = _limiter(settings, table, db, metrics)
+    batches = _batch_service(
+        settings, catalogs, table, batch_pool, authenticator, state_dir, db, limiter
+    )
     # Jobs cut by this router's stop are not failures: the next router resumes them.
     closers += [batches.runner.stop, batch_pool.shutdown, batches.shutdown]
     return RouterService(
@@ -122,8 +135,41 @@ def build_service(
         job_listing=job_listing,
         closers=closers,
         batches=batches,
+        limiter=limiter,
         metrics_token=metrics_token(settings.metrics, state_dir),
+        config_path=config_path,
     )
+
+
+def _limiter(
+    settings: RouterSettings, table: RouteTable, db: Database, metrics: Metrics
+) -> Limiter:
+    """Limits and usage records over the store. A reservation outlives the longest a request
+    may take (its wait for a start, then its answer) before it lapses on its own."""
+    longest = max(
+        (float(r.spec.get("request_timeout_s", 600)) for r in table.routes()), default=600
+    )
+
+    def count_tokens(model: str, prompt: int, completion: int) -> None:
+        metrics.tokens.labels(model, "prompt").inc(prompt)
+        metrics.tokens.labels(model, "completion").inc(completion)
+
+    return Limiter(
+        Ledger(db),
+        settings.limits,
+        hold_s=settings.wait_s + longest + 60,
+        keep_days=settings.store.keep_days,
+        model_name=lambda cluster, name: _served_name(table, cluster, name),
+        on_tokens=count_tokens,
+    )
+
+
+def _served_name(table: RouteTable, cluster: str, name: str) -> str:
+    """The name a model is served under (an alias resolved); the name itself if unknown."""
+    try:
+        return table.lookup(name, cluster).model
+    except APIError:
+        return name
 
 
 class StateFolderInUse(Exception):
@@ -168,12 +214,18 @@ def _batch_service(
     batch_pool: ExecutorPool,
     authenticator: Authenticator,
     state_dir: Path,
+    db: Database,
+    limiter: Limiter,
 ) -> BatchService:
-    """Batches: records in SQLite, jobs on each model's batch twin endpoint."""
-    # A relative database path is taken from the router's state folder, like the rest.
-    store = BatchStore(state_dir / (settings.batches.db or "batches.db"))
+    """Batches: records in the store, jobs on each model's batch twin endpoint."""
+    store = BatchStore(db)
     runner = BatchRunner(
-        store, table, batch_pool.get, node_runtime.__version__, settings.batches.concurrency
+        store,
+        table,
+        batch_pool.get,
+        node_runtime.__version__,
+        settings.batches.concurrency,
+        limiter=limiter,
     )
     return BatchService(
         store=store,

@@ -35,6 +35,7 @@ class FakeModel(ThreadingHTTPServer):
         self.gate = threading.Event()
         self.gate.set()
         self.seen: list[str] = []
+        self.delay_s = 0.0  # before each answer
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -46,11 +47,13 @@ class _Answer(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server.seen.append(json.dumps(body))
         server.gate.wait()
+        time.sleep(server.delay_s)
         answer: dict[str, Any]
         if "fail" in json.dumps(body):
             status, answer = 400, {"error": {"message": "bad prompt", "type": "BadRequest"}}
         else:
             status, answer = 200, {"object": "chat.completion", "model": body["model"]}
+            answer["usage"] = {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
         raw = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

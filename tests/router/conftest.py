@@ -171,7 +171,13 @@ def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModel]:
 async def batches(
     make_harness: Callable[..., Harness], tmp_path: Path, model: FakeModel
 ) -> AsyncIterator[Harness]:
-    h = make_harness()
+    h = batch_harness(make_harness(), tmp_path)
+    async with h.client:
+        yield h
+
+
+def batch_harness(h: Harness, tmp_path: Path) -> Harness:
+    """A harness whose batch jobs run in threads, over folders under ``tmp_path``."""
     svc = h.service.batches
     paths = svc.profiles["local"].paths.model_copy(
         update={
@@ -182,9 +188,8 @@ async def batches(
     svc.profiles["local"] = svc.profiles["local"].model_copy(update={"paths": paths})
     job = ThreadJob()
     svc.runner.executor_for = lambda route: job
-    (tmp_path / "in").mkdir()
-    async with h.client:
-        yield h
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return h
 
 
 @pytest.fixture

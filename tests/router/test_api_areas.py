@@ -138,6 +138,8 @@ async def test_routes_keep_their_order(harness: Harness) -> None:
         ("/v1/files/{file_id}", "GET", "get_file"),
         ("/v1/files/{file_id}", "DELETE", "delete_file"),
         ("/v1/files/{file_id}/content", "GET", "file_content"),
+        ("/v1/usage", "GET", "usage"),
+        ("/resource_server/v1/usage", "GET", "usage"),
         (f"{guide}/{{operation:path}}", "POST", "operation"),
         ("/v1/{operation:path}", "POST", "operation"),
         (f"{guide}/models", "GET", "models"),

@@ -69,7 +69,7 @@ def test_an_unknown_top_level_field_lists_the_valid_ones(tmp_path: Path) -> None
     assert (file, field) == ("router.yaml", "direct_path")
     assert message == (
         "unknown field; valid fields here are: auth, batches, clusters, data_plane, executor, "
-        "limits, listen, log_prompts, max_body_bytes, metrics, state_dir, wait_s"
+        "limits, listen, log_prompts, max_body_bytes, metrics, state_dir, store, wait_s"
     )
 
 
@@ -103,7 +103,7 @@ def test_mode_globus_names_a_keys_file_and_its_missing_section(tmp_path: Path) -
         (
             "router.yaml",
             "auth.keys_file",
-            "unknown field; valid fields here are: globus, mode, policy",
+            "unknown field; valid fields here are: admins, globus, mode, policy",
         ),
     ]
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from inference_bundle.router.accesslog import log_request
 from inference_bundle.router.dispatch import Answer, Streamed
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.service import RouterService
+
+# The context key of a request's limits ticket (kept out of the access log).
+TICKET = "ticket"
+# Streams whose usage the router asks for (stream_options.include_usage) to charge it.
+USAGE_STREAMS = ("/v1/chat/completions", "/v1/completions")
+_DECODER = json.JSONDecoder()
 
 
 def answer_body(answer: Answer, asked: str) -> Any:
@@ -37,7 +45,11 @@ def record(
     status: int,
     began: float,
     answer: Answer | Streamed | None,
+    usage: Usage | None = None,
+    estimated: bool = False,
 ) -> None:
+    """Count, log and charge one request: ``usage`` as the backend reported it (read from a
+    whole answer when not given), or an estimate when the answer was cut."""
     latency = time.monotonic() - began
     metrics = service.metrics
     metrics.requests.labels(context["operation"], context["model"], str(status)).inc()
@@ -48,10 +60,50 @@ def record(
     if answer is not None and answer.cold_start:
         metrics.cold_starts.labels(context["model"]).inc()
         metrics.start_wait.observe(answer.waited_s)
+    fields = dict(context)
+    ticket = fields.pop(TICKET, None)
+    if ticket is not None:
+        if usage is None and isinstance(answer, Answer) and status < 400:
+            usage = usage_of(answer)
+        service.limiter.settle(ticket, status, usage, latency, via, estimated)
     log_request(
-        **context,
+        **fields,
         status=status,
         latency_ms=round(latency * 1000, 2),
         start_wait_s=round(start_wait, 3),
         via=via,
     )
+
+
+def usage_of(answer: Answer) -> Usage | None:
+    """The ``usage`` a whole answer reports, if it reports one."""
+    if answer.raw is not None:
+        return usage_in(answer.raw)
+    body = answer.body
+    return _usage(body.get("usage")) if isinstance(body, dict) else None
+
+
+def usage_in(raw: bytes) -> Usage | None:
+    """The last ``"usage": {...}`` object in a JSON text, read without parsing the rest
+    (backends write it at the end of an answer and in a stream's last chunk)."""
+    at = raw.rfind(b'"usage"')
+    if at < 0:
+        return None
+    brace = raw.find(b"{", at, at + 32)
+    if brace < 0:
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(raw[brace:].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return _usage(value)
+
+
+def _usage(value: Any) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    prompt = value.get("prompt_tokens", value.get("input_tokens"))
+    completion = value.get("completion_tokens", value.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion or 0)

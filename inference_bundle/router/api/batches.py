@@ -253,6 +253,8 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
         "cancelling_at": batch.cancelling_at,
         "cancelled_at": final if batch.status == "cancelled" else None,
         "request_counts": _counts(batch),
+        # While a budget its lines draw on is spent (status "paused"): why, and until when.
+        "paused": batch.paused,
         "metadata": batch.metadata,
         "input_file": batch.submitted_input or batch.input_path,
         "output_file_path": batch.output_path,

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute
 
 from inference_bundle.config.frameworks import FRAMEWORKS
 from inference_bundle.router.api import streams
-from inference_bundle.router.api.answers import answer_body, record
+from inference_bundle.router.api.answers import TICKET, USAGE_STREAMS, answer_body, record
 from inference_bundle.router.api.common import authenticate, bound_route, read_json
 from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.dispatch import Answer
@@ -73,22 +73,37 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     if framework is not None:
         check_framework(route, parsed.model, framework)
     check_n(body, service.settings.limits.max_n)
-    # The backend serves the model under its served name only; an alias is the router's.
-    forward = {**body, "model": route.model}
-    runtime_request = {"method": "POST", "path": path, "body": forward}
-    context = {
+    context: dict[str, Any] = {
         "request_id": request_id,
         "user": caller.user,
         "model": route.model,
         "cluster": route.cluster,
         "operation": path,
         "stream": parsed.stream,
+        "group": service.limiter.rules.group_of(route.cluster, caller.groups),
     }
+    try:
+        ticket = await service.limiter.admit(
+            request_id, caller.user, caller.groups, route.cluster, route.model, path, body
+        )
+    except APIError as err:
+        if err.status == 429:
+            service.metrics.refusals.labels(err.extra.get("limit", "")).inc()
+        record(service, context, err.status, began, None)
+        raise
+    context[TICKET] = ticket
+    # The backend serves the model under its served name only; an alias is the router's.
+    forward = {**body, "model": route.model}
+    include_usage = bool((parsed.stream_options or {}).get("include_usage"))
+    if parsed.stream and path in USAGE_STREAMS:
+        # The usage to charge comes in a stream's last chunk, sent only when asked for;
+        # the relay takes it out again when the client did not ask (api/streams.py).
+        forward["stream_options"] = {**(parsed.stream_options or {}), "include_usage": True}
+    runtime_request = {"method": "POST", "path": path, "body": forward}
     if service.settings.log_prompts:
         context["body"] = forward
     headers = {"X-Request-Id": request_id}
     if parsed.stream:
-        include_usage = bool((parsed.stream_options or {}).get("include_usage"))
         plane = service.dispatcher.plane
         if plane is not None and plane.pick(route) is not None:
             # Connected: the server's own status and events, nothing to wait for.

@@ -15,10 +15,17 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from inference_bundle.router import streaming
-from inference_bundle.router.api.answers import answer_body, record
+from inference_bundle.router.api.answers import (
+    TICKET,
+    USAGE_STREAMS,
+    answer_body,
+    record,
+    usage_in,
+)
 from inference_bundle.router.dataplane.connections import NodeGone
 from inference_bundle.router.dispatch import Answer, Streamed, decode_body, server_gone
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
 from inference_bundle.router.states import ModelStatus
@@ -42,7 +49,7 @@ async def streamed_response(
         answer = await _refusal(service, outcome, began, context)
         return JSONResponse(answer_body(answer, asked), status_code=answer.status, headers=headers)
     else:
-        events = _relay(service, outcome, began, context, asked)
+        events = _relay(service, outcome, began, context, asked, include_usage)
     return StreamingResponse(
         events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
     )
@@ -96,7 +103,7 @@ async def waiting_stream(
         yield streaming.DONE.encode()
         return
     else:
-        events = _relay(service, outcome, began, context, asked)
+        events = _relay(service, outcome, began, context, asked, include_usage)
     try:
         async for event in events:
             yield event
@@ -113,20 +120,29 @@ async def _relay(
     began: float,
     context: dict[str, Any],
     asked: str,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """The server's events as they come; an alias is named as the user wrote it."""
+    """The server's events as they come; an alias is named as the user wrote it, and the
+    usage chunk the router asked for is charged, and passed on only if the client asked."""
     served = context["model"]
     rename = None
     if asked != served:
         rename = (_json_field("model", served), _json_field("model", asked))
+    tap = UsageTap(keep=include_usage or context["operation"] not in USAGE_STREAMS)
     whole = False
     done_sent = False
     try:
-        async for chunk in streamed.relay.body():
+        async for received in streamed.relay.body():
+            chunk = tap.feed(received)
+            if not chunk:
+                continue
             # A client may hang up as soon as it reads [DONE] (the openai SDK does), before
             # the server's end of the answer reaches the router: the answer was whole.
             done_sent = chunk.endswith(b"data: [DONE]\n\n")
             yield chunk if rename is None else chunk.replace(*rename)
+        rest = tap.rest()
+        if rest:
+            yield rest if rename is None else rest.replace(*rename)
         whole = True
     except NodeGone as gone:
         yield streaming.event(server_gone(served, gone).body()).encode()
@@ -136,7 +152,57 @@ async def _relay(
         if not streamed.relay.ended:
             streamed.relay.cancel()  # the client left, or the server did: stop generating
         streamed.finish(whole)
-        record(service, context, streamed.status if whole else 502, began, streamed)
+        usage, estimated = tap.usage, False
+        ticket = context.get(TICKET)
+        if usage is None and ticket is not None and ticket.cost is not None:
+            # Cut before the backend counted: the prompt as reserved, a token an event.
+            usage, estimated = Usage(ticket.cost.prompt, tap.events), True
+        record(
+            service,
+            context,
+            streamed.status if whole else 502,
+            began,
+            streamed,
+            usage=usage,
+            estimated=estimated,
+        )
+
+
+class UsageTap:
+    """Reads the ``usage`` of a stream's events as they pass; drops the usage-only chunk
+    when the client did not ask for it (``keep`` False). Events pass whole: a part of one
+    waits for its end (the server writes each in one piece, so this is rare)."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.usage: Usage | None = None
+        self.events = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._partial + chunk if self._partial else chunk
+        end = data.rfind(b"\n\n") + 2
+        if end < 2:
+            self._partial = data
+            return b""
+        self._partial = data[end:]
+        whole = data[:end]
+        self.events += whole.count(b"\n\ndata: ") + 1
+        if b'"usage":{' not in whole and b'"usage": {' not in whole:
+            return whole
+        kept = []
+        for event in whole.split(b"\n\n")[:-1]:
+            usage = usage_in(event) if b'"usage"' in event else None
+            if usage is not None:
+                self.usage = usage
+                if not self.keep and b'"choices":[]' in event:
+                    continue
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def rest(self) -> bytes:
+        rest, self._partial = self._partial, b""
+        return rest
 
 
 async def _whole_as_events(

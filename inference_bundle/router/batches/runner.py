@@ -14,23 +14,39 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from node_runtime.batch import run_batch
-from node_runtime.batch_files import ERRORS, INPUT, OUTPUT, read_progress, request_cancel
+from node_runtime.batch_files import (
+    ERRORS,
+    INPUT,
+    OUTPUT,
+    clear_pause,
+    read_progress,
+    request_cancel,
+    request_pause,
+)
 
 from inference_bundle.config.naming import batch_twin_name
+from inference_bundle.router.batches.charging import BatchCharger, pause_note
 from inference_bundle.router.batches.store import FINAL, BatchRecord, BatchStore
 from inference_bundle.router.executors.base import Executor
 from inference_bundle.router.executors.engine import EngineExecutor
+from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.routes import Route, RouteTable
 
 log = logging.getLogger("router.batches")
+# A router's hold on the batches it runs, renewed each watch pass; once it lapses (the
+# router died), another router sharing the store takes them over.
+LEASE_S = 30.0
+WATCH_S = 2.0
 
 
 def batch_folder(batch: BatchRecord) -> Path:
@@ -71,8 +87,15 @@ class BatchRunner:
         executor_for: Callable[[Route], Executor],
         runtime_version: str,
         concurrency: int,
+        limiter: Limiter | None = None,
+        lease_s: float = LEASE_S,
     ) -> None:
         self.store = store
+        self.limiter = limiter
+        self.charger = BatchCharger(store, limiter) if limiter is not None else None
+        # Which router this is, among those sharing the store: its leases carry it.
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
         self.table = table
         self.executor_for = executor_for
         self.runtime_version = runtime_version
@@ -81,10 +104,12 @@ class BatchRunner:
         self._running: dict[str, Future[Any]] = {}
         self._stopping = False
         self._prestart: threading.Thread | None = None
+        self._watching = threading.Event()
 
     def start(self, batch: BatchRecord) -> None:
         """Submit the batch's job in the background (an engine may take a while to start)."""
-        threading.Thread(target=self._submit, args=(batch.id,), daemon=True).start()
+        if self.store.claim(batch.id, self.runner_id, self.lease_s):
+            threading.Thread(target=self._submit, args=(batch.id,), daemon=True).start()
 
     def prestart(self) -> threading.Thread:
         """Start each batch-capable model's engine now, in the background, with no job yet.
@@ -118,16 +143,71 @@ class BatchRunner:
         return "starting" if self._prestart.is_alive() else "ready"
 
     def resume_unfinished(self) -> list[str]:
-        """Submit again every batch a previous router left running; their ids."""
-        ids = [b.id for b in self.store.batches(None, unfinished=True)]
-        for batch_id in ids:
-            threading.Thread(target=self._submit, args=(batch_id,), daemon=True).start()
+        """Submit again every batch a stopped router left running (no other router's lease
+        holds it); their ids. Paused ones wait for their budget (``watch``)."""
+        ids = []
+        for batch_id in self.store.unclaimed():
+            batch = self.store.batch(batch_id, None)
+            if batch is None or batch.status == "paused":
+                continue
+            if self.store.claim(batch_id, self.runner_id, self.lease_s):
+                ids.append(batch_id)
+                threading.Thread(target=self._submit, args=(batch_id,), daemon=True).start()
         return ids
+
+    def watch(self, every_s: float = WATCH_S) -> threading.Thread:
+        """In the background: keep this router's leases, charge the lines its jobs answer,
+        pause a batch whose budget is spent and resume it when the budget is back, and take
+        over the batches of a router that stopped."""
+
+        def loop() -> None:
+            while not self._watching.wait(every_s):
+                try:
+                    self.watch_once()
+                except Exception:
+                    log.exception("batches: the watch pass failed; trying again")
+
+        thread = threading.Thread(target=loop, daemon=True, name="batch-watch")
+        thread.start()
+        return thread
+
+    def watch_once(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            running = list(self._running)
+        self.store.renew(self.runner_id, running, self.lease_s)
+        for batch_id in running:
+            batch = self.store.batch(batch_id, None)
+            if batch is None or self.charger is None:
+                continue
+            self.charger.charge(batch)
+            refusal = self.charger.spent(batch)
+            if refusal is not None and batch.paused is None:
+                log.info("batch %s: pausing, %s", batch_id, refusal.limit.source)
+                with contextlib.suppress(OSError):
+                    request_pause(str(batch_folder(batch)))
+                self.store.save(batch.with_(paused=pause_note(refusal)))
+        for batch in self.store.batches(None, status="paused"):
+            if self.store.claim(batch.id, self.runner_id, self.lease_s) and (
+                self.charger is None or self.charger.spent(batch) is None
+            ):
+                log.info("batch %s: its budget is back; resuming", batch.id)
+                self.store.save(batch.with_(status="in_progress", paused=None))
+                self._submit(batch.id)
+        self.resume_unfinished()
 
     def _submit(self, batch_id: str) -> None:
         batch = self.store.batch(batch_id, None)
         if batch is None or batch.status in FINAL:
             return
+        refusal = self.charger.spent(batch) if self.charger is not None else None
+        if refusal is not None:
+            # Its budget is spent already: no job (and no node) until it is back.
+            self.store.save(batch.with_(status="paused", paused=pause_note(refusal)))
+            return
+        with contextlib.suppress(OSError):
+            clear_pause(str(batch_folder(batch)))
         folder = batch_folder(batch)
         if Path(batch.input_path).name != INPUT or folder.name != batch.id:
             # recorded by a version that read the user's own path: never opened by name again
@@ -170,9 +250,13 @@ class BatchRunner:
             self._record_outcome(batch_id, result, error)
 
     def stop(self) -> None:
-        """Record no more outcomes: jobs cut from now on are the router's own stop."""
+        """Record no more outcomes: jobs cut from now on are the router's own stop. Its
+        batches are let go, for another router sharing the store to take over at once."""
         with self._lock:
             self._stopping = True
+        self._watching.set()
+        with contextlib.suppress(Exception):
+            self.store.release(self.runner_id)
 
     def _record_outcome(
         self, batch_id: str, result: dict[str, Any] | None, error: str | None
@@ -181,6 +265,19 @@ class BatchRunner:
         if batch is None:
             return
         batch = self.refresh(batch)
+        if self.charger is not None:
+            with contextlib.suppress(Exception):
+                self.charger.charge(batch)
+        if result is not None and result.get("state") == "paused":
+            # Its budget ran out (``watch``): it goes on when the budget is back.
+            self.store.save(
+                batch.with_(
+                    status="paused",
+                    completed=int(result["completed"]),
+                    failed=int(result["failed"]),
+                )
+            )
+            return
         if result is not None:
             batch = batch.with_(
                 total=int(result["total"]),
@@ -235,6 +332,11 @@ class BatchRunner:
             batch = self.store.batch(batch.id, None) or batch
             if batch.status in FINAL or batch.status == "cancelling":
                 return batch
+            if batch.status == "paused" and batch.id not in self._running:
+                # No job runs it: cancelled at once, what was answered is kept.
+                cancelled = batch.with_(status="cancelled", finished_at=int(time.time()))
+                self.store.save(cancelled)
+                return cancelled
             with contextlib.suppress(OSError):  # no folder: no job there to stop
                 request_cancel(str(batch_folder(batch)))
             cancelling = batch.with_(status="cancelling", cancelling_at=int(time.time()))

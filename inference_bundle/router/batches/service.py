@@ -87,6 +87,11 @@ class BatchService:
     def shutdown(self) -> None:
         self.store.close()
 
+    def _group_of(self, caller: Caller, route: Route) -> str:
+        """The group whose budgets the batch's lines draw on (as its owner's requests do)."""
+        limiter = self.runner.limiter
+        return limiter.rules.group_of(route.cluster, caller.groups) if limiter else ""
+
     def route_for(
         self, caller: Caller, model: Any, cluster: str | None, framework: str | None
     ) -> Route:
@@ -181,6 +186,7 @@ class BatchService:
             in_progress_at=now,
             metadata=metadata,
             submitted_input=submitted,
+            group=self._group_of(caller, route),
         )
         self.store.save(batch)
         self.runner.start(batch)
