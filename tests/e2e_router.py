@@ -42,6 +42,8 @@ class RunningRouter:
     key: str
     root: Path
     process: subprocess.Popen[bytes]
+    config: Path | None = None  # its settings file (the router rereads its limits)
+    log: Path | None = None  # its stdout and stderr: the access log among them
 
     def client(self, base: str = "/resource_server/local/vllm/v1") -> Any:
         return openai.OpenAI(api_key=self.key, base_url=self.url + base, max_retries=0)
@@ -63,24 +65,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
-    port = free_port()
+def start_router(
+    root: Path,
+    name: str,
+    wait_s: float,
+    extra: dict[str, Any] | None = None,
+    port: int | None = None,
+) -> RunningRouter:
+    """Start ``python -m inference_bundle.router`` over ``root`` as router ``name``.
+
+    ``extra`` is merged into its settings (a section's keys into that section: ``store``,
+    ``limits``, ``data_plane``, ``batches``...); its state is ``<root>/.state/<name>``, its
+    log ``<root>/.state/<name>.log``.
+    """
+    port = port or free_port()
     keys = root / ".state" / "keys.json"
     key = create_api_key(keys, "alice@anl.gov")
     config = root / "config" / "router" / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "clusters": ["local"],
-                "executor": "engine",
-                "listen": {"host": "127.0.0.1", "port": port},
-                "wait_s": wait_s,
-                "state_dir": str(root / ".state" / name),
-                "auth": {"mode": "keys", "keys_file": str(keys)},
-            }
-        )
-    )
-    log = (root / ".state" / f"{name}.log").open("wb")
+    settings: dict[str, Any] = {
+        "clusters": ["local"],
+        "executor": "engine",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "wait_s": wait_s,
+        "state_dir": str(root / ".state" / name),
+        "auth": {"mode": "keys", "keys_file": str(keys)},
+    }
+    config.write_text(yaml.safe_dump(merge_settings(settings, extra or {})))
+    log_path = root / ".state" / f"{name}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -98,13 +110,24 @@ def start_router(root: Path, name: str, wait_s: float) -> RunningRouter:
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert process.poll() is None, (root / ".state" / f"{name}.log").read_text()
+        assert process.poll() is None, log_path.read_text()
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return RunningRouter(url, key, root, process)
+                return RunningRouter(url, key, root, process, config, log_path)
         except httpx.TransportError:
             time.sleep(0.2)
     raise AssertionError(f"router {name} did not come up")
+
+
+def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mapping into mapping; ``extra`` wins elsewhere."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def stop_router(router: RunningRouter) -> None:

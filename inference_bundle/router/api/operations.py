@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -49,8 +50,16 @@ async def metrics(service: RouterService, request: Request) -> Response:
 
 
 async def health(service: RouterService, request: Request) -> Response:
-    """ok, and the state of the batch engines when the router starts them ahead."""
-    body = {"status": "ok"}
+    """ok, the state of the batch engines when the router starts them ahead, and usage
+    records waiting for a database that does not answer (no database call: it stays fast)."""
+    body: dict[str, Any] = {"status": "ok"}
     if (engines := service.batches.runner.engines_state()) is not None:
         body["batch_engines"] = engines  # started ahead, with the router (no job yet)
+    limiter = service.limiter
+    if limiter.unsettled_since is not None:
+        body["store"] = {
+            "status": "unavailable",
+            "since": round(limiter.unsettled_since),
+            "usage_records_waiting": limiter.pending,
+        }
     return JSONResponse(body)

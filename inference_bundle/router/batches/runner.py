@@ -41,6 +41,7 @@ from inference_bundle.router.executors.base import Executor
 from inference_bundle.router.executors.engine import EngineExecutor
 from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.routes import Route, RouteTable
+from inference_bundle.router.store import StoreUnavailable
 
 log = logging.getLogger("router.batches")
 # A router's hold on the batches it runs, renewed each watch pass; once it lapses (the
@@ -164,6 +165,8 @@ class BatchRunner:
             while not self._watching.wait(every_s):
                 try:
                     self.watch_once()
+                except StoreUnavailable as err:
+                    log.warning("batches: the store does not answer (%s); trying again", err.detail)
                 except Exception:
                     log.exception("batches: the watch pass failed; trying again")
 
