@@ -167,21 +167,31 @@ def create_key(root: Path) -> tuple[Path, str]:
     return keys, key
 
 
-def start_router(procs: Processes, root: Path, port: int, keys: Path) -> None:
-    config = root / "config" / "router" / "bench.yaml"
+def start_router(
+    procs: Processes,
+    root: Path,
+    port: int,
+    keys: Path,
+    name: str = "router",
+    more: dict[str, object] | None = None,
+) -> None:
+    """This router over ``root``; several may run at once (replicas), each with its own
+    ``name`` (process, config file and state folder) and ``more`` settings."""
+    config = root / "config" / "router" / ("bench.yaml" if name == "router" else f"{name}.yaml")
     settings = {
         "clusters": ["local"],
         "executor": "engine",
         "listen": {"host": "127.0.0.1", "port": port},
         "wait_s": 300,
-        "state_dir": str(root / ".state" / "router"),
+        "state_dir": str(root / ".state" / name),
         "auth": {"mode": "keys", "keys_file": str(keys)},
+        **(more or {}),
     }
     config.write_text(yaml.safe_dump(settings))
     python = ROOT / ".venv/bin/python"
-    procs.leader_only.add("router")
+    procs.leader_only.add(name)
     procs.start(
-        "router",
+        name,
         [
             str(python),
             "-m",
@@ -193,7 +203,7 @@ def start_router(procs: Processes, root: Path, port: int, keys: Path) -> None:
         ],
         env={"PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)},
     )
-    procs.wait_until("router", lambda: http_ok(port, "/health"), 90)
+    procs.wait_until(name, lambda: http_ok(port, "/health"), 90)
 
 
 # --- peers ---------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import click
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
+from inference_bundle.ops.keys_cli import keys
+from inference_bundle.ops.usage_cli import usage
 from inference_bundle.rendering.render import render_catalog, write_rendered
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +37,10 @@ def _fail(err: ConfigError) -> None:
 def main(ctx: click.Context, root: Path) -> None:
     """Validate, render and deploy the inference endpoint catalog."""
     ctx.obj = root.resolve()
+
+
+main.add_command(keys)
+main.add_command(usage)
 
 
 @main.command()

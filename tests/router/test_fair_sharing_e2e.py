@@ -218,6 +218,13 @@ def test_a_database_that_is_down_is_a_503_and_usage_is_counted_once_when_it_is_b
         answered = post_chat(east.url, carol, "answered while the database is down")
         assert answered.status_code == 200, answered.text
         usage = answered.json()["usage"]
+        # /health says so, with the records that wait (it makes no database call itself).
+        deadline = time.monotonic() + 20
+        while "store" not in (health := httpx.get(east.url + "/health", timeout=10).json()):
+            assert time.monotonic() < deadline, health
+            time.sleep(0.3)
+        assert health["store"]["status"] == "unavailable", health
+        assert health["store"]["usage_records_waiting"] >= 1, health
     finally:
         postgres.start()
 
