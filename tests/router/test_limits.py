@@ -79,6 +79,10 @@ async def test_64_concurrent_requests_against_10_a_second_answer_exactly_10(
     assert "limits.clusters.local.user.requests_per_second" in error["message"]
     assert "alice@anl.gov" in error["message"]
     assert len(h.endpoint.submitted) == 10  # the refused ones never reached the model
+    await h.service.limiter.flush()
+    refusals = [r.headers["x-request-id"] for r in answers if r.status_code == 429]
+    records = h.service.limiter.ledger.records(refusals)
+    assert [(r["status"], r["prompt_tokens"]) for r in records] == [(429, 0)] * 54
 
 
 async def test_the_window_slides_a_second_later_requests_pass_again(

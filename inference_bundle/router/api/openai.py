@@ -23,6 +23,7 @@ from inference_bundle.router.api.common import authenticate, bound_route, read_j
 from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.dispatch import Answer
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.limits.limiter import Ticket
 from inference_bundle.router.routes import check_framework, check_operation
 from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
@@ -89,6 +90,12 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     except APIError as err:
         if err.status == 429:
             service.metrics.refusals.labels(err.extra.get("limit", "")).inc()
+            # A usage record of its own (no tokens): who was refused, and when.
+            context[TICKET] = Ticket(
+                request_id, caller.user, context["group"], route.model, route.cluster, path,
+                cost=None, counters=(),
+            )  # fmt: skip
+        err.headers.setdefault("X-Request-Id", request_id)
         record(service, context, err.status, began, None)
         raise
     context[TICKET] = ticket

@@ -40,12 +40,13 @@ class BatchCharger:
             return ()
         return rules.counters(batch.cluster, batch.owner, batch.group, batch.model)
 
-    def charge(self, batch: BatchRecord) -> int:
-        """Charge the lines answered since the last pass; how many were charged."""
+    def charge(self, batch: BatchRecord) -> bool:
+        """Charge the lines answered since the last pass (at most READ_AT_MOST bytes of
+        them); whether there were any."""
         offset = self.store.charged_bytes(batch.id)
         read = _read_from(os.path.dirname(batch.input_path), offset)
-        if read is None:
-            return 0
+        if read is None or read[0] == offset:
+            return False
         end, raw_lines = read
         counters = self.counters(batch)
         scopes = tuple(c.scope for c in counters if c.has(*TOKEN_FIELDS))
@@ -54,11 +55,13 @@ class BatchCharger:
             for raw in raw_lines
             if (settlement := _settlement(batch, raw, scopes)) is not None
         ]
-        if end == offset:
-            return 0
-        if not self.limiter.ledger.charge_batch(batch.id, offset, end, lines):
-            return 0  # another router charged these lines meanwhile
-        return len(lines)
+        # False when another router charged these lines meanwhile.
+        return self.limiter.ledger.charge_batch(batch.id, offset, end, lines)
+
+    def charge_all(self, batch: BatchRecord) -> None:
+        """Charge every line not charged yet (a batch that ended)."""
+        while self.charge(batch):
+            pass
 
     def spent(self, batch: BatchRecord) -> Refusal | None:
         """The day or month budget of the batch's owner, group or model that is spent."""

@@ -270,7 +270,7 @@ class BatchRunner:
         batch = self.refresh(batch)
         if self.charger is not None:
             with contextlib.suppress(Exception):
-                self.charger.charge(batch)
+                self.charger.charge_all(batch)
         if result is not None and result.get("state") == "paused":
             # Its budget ran out (``watch``): it goes on when the budget is back.
             self.store.save(

@@ -6,7 +6,8 @@
   counted for ``concurrent`` and added to the tokens spent while it runs. A hold lapses on
   its own (``expires``) if its router dies before settling it.
 - ``spent``: tokens really used, per counter, in per-second, per-day and per-month buckets.
-- ``usage_records``: one row per request; ``usage_daily``: the same summed per day.
+- ``usage_records``: one row per request (refused ones too, with no tokens);
+  ``usage_daily``: the requests that were sent, summed per day.
 
 ``reserve`` reads a counter's state in one statement and inserts in the same transaction,
 under the counters' locks (``Transaction.lock``), so concurrent requests on one or several
@@ -311,6 +312,8 @@ def _settle(tx: Transaction, settlements: Iterable[Settlement]) -> int:
         )  # fmt: skip
         if cursor.rowcount == 1:
             new += 1
+            if s.status == 429:
+                continue  # refused by a limit: a record of it, but no request was sent
             tx.execute(
                 "INSERT INTO usage_daily (day, user_name, grp, model, cluster, requests, "
                 "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, 1, ?, ?) "
