@@ -423,3 +423,24 @@ async def test_reservations_learn_how_many_tokens_a_model_makes_of_a_prompt(
     assert limiter.calibration.prompt(TINY, ticket.guessed_prompt) >= 39
     limiter.calibration.learn(TINY, ticket.guessed_prompt, ticket.guessed_prompt * 5)
     assert limiter.calibration.prompt(TINY, ticket.guessed_prompt) == ticket.guessed_prompt * 5
+
+
+def test_the_usage_tap_reads_the_last_chunk_and_drops_it_unless_asked() -> None:
+    from inference_bundle.router.api.streams import UsageTap
+
+    events = (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"b"}}]}\n\n'
+        b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,'
+        b'"total_tokens":7}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    for keep in (False, True):
+        tap = UsageTap(keep=keep)
+        # Cut anywhere, even inside an event: events come out whole, in order.
+        out = b"".join(tap.feed(events[i : i + 7]) for i in range(0, len(events), 7))
+        out += tap.rest()
+        assert tap.usage == Usage(5, 2)
+        assert (b'"usage"' in out) is keep
+        assert out.endswith(b"data: [DONE]\n\n")
+        assert out.count(b"data: ") == (4 if keep else 3)
