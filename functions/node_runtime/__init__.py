@@ -87,9 +87,10 @@ invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 # Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
 # of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
 # "send" in the request; 0.4: a dial per router URL, a connection to each, and batches that
-# pause): the router checks it on every call, and
+# pause; 0.5: the scheduler's estimated start and queue position in the job listing): the
+# router checks it on every call, and
 # a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402

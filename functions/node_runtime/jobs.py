@@ -12,7 +12,9 @@ carries the scheduler's own words), ``starting`` (node held, server not yet read
 ``ready``, ``idle`` (no request for ``idle_after_s``, or the server already retired and the
 engine is about to give the job back), ``running`` (running, but no server state readable),
 ``stopping``, ``stopped``, ``unknown`` (``JobState``). Each scheduler's module
-(``node_runtime.schedulers``) asks its scheduler and maps its states.
+(``node_runtime.schedulers``) asks its scheduler and maps its states. A queued job carries
+the scheduler's ``estimated_start`` (epoch seconds) and ``queue_position`` where it gives
+them, None otherwise.
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ def _local_entries(
                 "walltime_s": None,
                 "started_at": server.started_at,
                 "exit_status": None,
+                "estimated_start": None,
+                "queue_position": None,
                 "model": server.model,
                 "state": JobState(server.state.value),
                 "servers": [asdict(server)],

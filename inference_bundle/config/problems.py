@@ -81,7 +81,9 @@ def problems_from_validation(error: ValidationError, file: str, schema: Any) -> 
             problems.append(Problem(file, tag_field, message))
             continue
         if kind == "extra_forbidden":
-            known = ", ".join(sorted(where.holder.model_fields)) if where.holder else ""
+            # A field's YAML name is its alias where it has one (``from``, a Python keyword).
+            fields = where.holder.model_fields.items() if where.holder else []
+            known = ", ".join(sorted(info.alias or name for name, info in fields))
             message = f"unknown field; valid fields here are: {known}"
         elif (sentence := _missing_sentence(where, err)) is not None:
             message = sentence

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -152,6 +154,32 @@ class MultiNodeSettings(_Settings):
     run_on_each_node: str = Field(description="prefix that runs a command once per node")
 
 
+class MaintenanceWindow(_Settings):
+    """A time the cluster is down: no model starts that it would cut, a message until it ends."""
+
+    start: datetime = Field(examples=["2026-12-15T08:00:00-06:00"])
+    end: datetime
+    reason: str = Field(min_length=1, description="what users read, e.g. quarterly maintenance")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _has_offset(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{value.isoformat()} has no UTC offset; write it with one, e.g. "
+                f"{value.strftime('%Y-%m-%dT%H:%M:%S')}-06:00 or ...Z for UTC"
+            )
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("start")  # absent when start itself is wrong
+        if start is not None and value <= start:
+            raise ValueError(f"must be after start ({start.isoformat()}); got {value.isoformat()}")
+        return value
+
+
 class _ClusterProfile(_Settings):
     """One cluster: its scheduler, resources, runtimes and paths."""
 
@@ -175,6 +203,31 @@ class _ClusterProfile(_Settings):
     idle_timeout_s: int = Field(default=7200, ge=1)
     batch_idle_timeout_s: int = Field(default=300, ge=1)
     start_timeout_s: int = Field(default=1800, ge=1)
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the site: endpoints' keep_warm times are read in it",
+        examples=["America/Chicago"],
+    )
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list, description="scheduled downtimes; past ones may stay"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone this system knows; use an IANA name such as "
+                "America/Chicago, or UTC"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The site's time zone."""
+        return ZoneInfo(self.timezone)
 
     @property
     def provider_type(self) -> str:

@@ -1,4 +1,9 @@
-"""`make status` for a local deployment: every endpoint with its state, job and last use."""
+"""`make status` for a local deployment: every endpoint with its state, job and last use.
+
+A waiting endpoint also shows when it should be ready (ETA: the scheduler's planned start
+plus the last start's length, as /list-endpoints gives them) and how long it took to start
+last time.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def print_status(root: Path, cluster: str, say: Say = print) -> None:
         jobs = router.get(f"/resource_server/{cluster}/jobs")
         say(f"{cluster}: router pid {pid} at {url}")
     by_model = {j["model"]: j for group in jobs.values() if isinstance(group, list) for j in group}
-    rows = [("ENDPOINT", "MODEL", "FRAMEWORK", "STATE", "JOB", "LAST USE")]
+    rows = [("ENDPOINT", "MODEL", "FRAMEWORK", "STATE", "JOB", "ETA", "LAST START", "LAST USE")]
     for entry in catalog.entries:
         name = entry.endpoint.name
         state = models.get(name, {}).get("state", "disabled" if not entry.endpoint.enabled else "-")
@@ -44,12 +49,51 @@ def print_status(root: Path, cluster: str, say: Say = print) -> None:
                 entry.endpoint.framework,
                 job.get("model_status") or state,
                 str(job.get("job_id") or ("this host" if job else "-")),
+                eta_cell(models.get(name, {})),
+                last_start_cell(models.get(name, {})),
                 _last_use(job),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def eta_cell(model: dict[str, Any]) -> str:
+    """When a waiting model should answer, from its /list-endpoints entry: "-" if unknown.
+
+    ``ready ~10:04 UTC (in 4 min)``, with the scheduler's planned start and queue place
+    where the estimate rests on them: ``start 10:00 UTC #2, ready ~10:04 UTC (in 54 min)``.
+    """
+    ready = model.get("estimated_ready_at")
+    start = model.get("estimated_start")
+    parts = []
+    if start:
+        place = model.get("queue_position")
+        parts.append(f"start {_clock(start)}" + (f" #{place}" if place else ""))
+    if ready:
+        wait = model.get("estimated_wait_s")
+        parts.append(f"ready ~{_clock(ready)}" + (f" (in {_span(wait)})" if wait else ""))
+    return ", ".join(parts) or "-"
+
+
+def last_start_cell(model: dict[str, Any]) -> str:
+    """How long the model's last start took, as this router saw it."""
+    last = model.get("last_start_s")
+    return "-" if last is None else _span(last)
+
+
+def _clock(iso: str) -> str:
+    return f"{datetime.fromisoformat(iso):%H:%M} UTC"
+
+
+def _span(seconds: float) -> str:
+    total = round(seconds)
+    if total < 120:
+        return f"{total} s"
+    if total < 7200:
+        return f"{total // 60} min"
+    return f"{total / 3600:.1f} h"
 
 
 def _last_use(job: dict[str, Any]) -> str:

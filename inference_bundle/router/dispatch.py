@@ -25,15 +25,21 @@ from node_runtime.entrypoints import serve
 from inference_bundle.router.dataplane.connections import NodeConnection, NodeGone, Relay
 from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.eta import Eta, estimate, retry_after_s
 from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.joblisting import JobListing
+from inference_bundle.router.maintenance import Maintenance
 from inference_bundle.router.routes import Route
 from inference_bundle.router.states import ModelState, ModelStatus, StateTracker
 
-OnWait = Callable[[ModelStatus, float], Awaitable[None]]
-# What a user is told to wait before trying again, by the state the model was left in.
+# Told while a request waits: the model's status, seconds waited, and the estimate (router.eta).
+OnWait = Callable[[ModelStatus, float, Eta], Awaitable[None]]
+# What a user is told to wait before trying again, by the state the model was left in, when
+# neither the scheduler's plan nor an earlier start gives an estimate.
 RETRY_AFTER_S = {ModelState.QUEUED: 60, ModelState.STARTING: 15}
+# How long a wait's poll waits for the job listing; a slower one fills its cache meanwhile.
+LISTING_WAIT_S = 2.0
 # A task reaches its node after a little travel: its caller's wait ends this much later there.
 EXPIRY_MARGIN_S = 5.0
 # Keys only a connection carries: through a task the runtime answers whole.
@@ -144,6 +150,22 @@ class Dispatcher:
                     return streamed
         return await self._through_task(route, _whole(request), on_wait, began)
 
+    # The served clusters' maintenance windows (build_service sets them): starts a window
+    # would cut are refused with a 503.
+    maintenance: Maintenance | None = None
+
+    async def ensure(self, route: Route) -> dict[str, Any]:
+        """Start the route's server, or find it up, and send it nothing: the task's envelope.
+
+        A cold stream's first step, for callers of their own (router.warmth's schedules).
+        Past ``wait_s`` it raises the 503 of a model still starting; the task goes on.
+        """
+        request: dict[str, Any] = dict(_ENSURE)
+        if self.plane is not None:
+            request["dial"] = self.plane.dial(route)
+        envelope, _ = await self._task(route, request, None, time.monotonic())
+        return envelope
+
     async def _over(
         self, connection: NodeConnection, route: Route, request: dict[str, Any], began: float
     ) -> Answer | None:
@@ -234,6 +256,8 @@ class Dispatcher:
     ) -> tuple[dict[str, Any], bool]:
         """Submit the entry point and wait for its envelope: (envelope, whether it was cold)."""
         key = route.endpoint_name
+        if self.maintenance is not None:  # no start that a maintenance window would cut
+            self.maintenance.check_start(route, self.tracker.status(key))
         executor = await self._executor(route)
         cold = self.tracker.begin(key)
         future = executor.submit(serve, self.runtime_version, route.spec, request)
@@ -249,11 +273,12 @@ class Dispatcher:
             if held is None:
                 held = await self._job_running(route)
             status = self.tracker.waiting(key, held)
+            eta = await self.eta(route, status)
             if waited >= self.wait_s:
                 waiting.add_done_callback(_retrieve)
-                raise _still_starting(route, status, waited)
+                raise _still_starting(route, status, waited, eta)
             if on_wait is not None:
-                await on_wait(status, waited)
+                await on_wait(status, waited, eta)
         try:
             return waiting.result(), cold
         except FunctionFailed as err:
@@ -308,16 +333,36 @@ class Dispatcher:
 
     async def _job_running(self, route: Route) -> bool:
         """Whether the scheduler runs the endpoint's job, when the executor cannot say."""
+        job = await self.listed_job(route)
+        return job is not None and job.get("scheduler_state") == "running"
+
+    async def eta(self, route: Route, status: ModelStatus) -> Eta:
+        """The best estimate of when a waiting model answers (router.eta).
+
+        While it is queued, the scheduler's plan for its job counts: the listing is asked
+        (at most every few seconds, cached). Starting, the last start's length is enough.
+        """
+        job = await self.listed_job(route) if status.state == ModelState.QUEUED else None
+        return estimate(status, job, time.time())
+
+    async def listed_job(self, route: Route) -> dict[str, Any] | None:
+        """The endpoint's job in its cluster's listing (see ``job_of``); None if none is
+        listed or the listing does not answer in time."""
+        return job_of(await self.cluster_jobs(route.cluster), route.endpoint_name)
+
+    async def cluster_jobs(self, cluster: str) -> list[dict[str, Any]] | None:
+        """The cluster's listed jobs; None if the listing fails or takes over LISTING_WAIT_S
+        (it goes on meanwhile and fills its cache for the next ask)."""
         if self.job_listing is None:
-            return False
+            return None
+        asking = asyncio.ensure_future(self.job_listing.jobs(cluster))
+        asking.add_done_callback(_retrieve)
         try:
-            listing = await self.job_listing.jobs(route.cluster)
-        except APIError:
-            return False  # unknown: keep saying queued rather than fail the request
-        return any(
-            job.get("endpoint") == route.endpoint_name and job.get("scheduler_state") == "running"
-            for job in listing.get("jobs", [])
-        )
+            listing = await asyncio.wait_for(asyncio.shield(asking), LISTING_WAIT_S)
+        except (APIError, TimeoutError):
+            return None  # unknown: keep saying queued rather than fail or delay the request
+        jobs: list[dict[str, Any]] = listing.get("jobs", [])
+        return jobs
 
     def _finished(self, route: Route, done: Future[Any]) -> None:
         error = done.exception()
@@ -371,15 +416,36 @@ def _retrieve(done: asyncio.Future[Any]) -> None:
         done.exception()
 
 
-def _still_starting(route: Route, status: ModelStatus, waited: float) -> APIError:
+def job_of(jobs: list[dict[str, Any]] | None, endpoint_name: str) -> dict[str, Any] | None:
+    """An endpoint's job among listed ones: a running one first, else the queued one the
+    scheduler plans to start first; None if it has none."""
+    mine = [job for job in jobs or [] if job.get("endpoint") == endpoint_name]
+    return min(mine, key=_job_order, default=None)
+
+
+def _job_order(job: dict[str, Any]) -> tuple[bool, float]:
+    """Running jobs first, then queued ones by planned start (unplanned last)."""
+    planned = job.get("estimated_start")
+    running = job.get("scheduler_state") == "running"
+    return (not running, planned if isinstance(planned, int | float) else float("inf"))
+
+
+def _still_starting(route: Route, status: ModelStatus, waited: float, eta: Eta) -> APIError:
     state = status.state.value
-    retry = RETRY_AFTER_S.get(status.state, 30)
+    retry = retry_after_s(eta, RETRY_AFTER_S.get(status.state, 30))
+    told = eta.sentence()
     return APIError(
         503,
         f"The model '{route.model}' is {state} on {route.cluster} and did not answer within "
-        f"{waited:.0f} s; it keeps starting: retry in about {retry} s.",
+        f"{waited:.0f} s; it keeps starting{f': {told}' if told else ''}. "
+        f"Retry in about {retry} s.",
         type="server_error",
         code="model_not_ready",
         headers={"Retry-After": str(retry)},
-        extra={"state": state, "waited_s": round(waited, 1)},
+        extra={
+            "state": state,
+            "waited_s": round(waited, 1),
+            "retry_after_s": retry,
+            **eta.fields(),
+        },
     )

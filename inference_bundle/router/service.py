@@ -32,6 +32,7 @@ from inference_bundle.router.joblisting import JobListing
 from inference_bundle.router.limits.ledger import Ledger
 from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.limits.reload import check_limits
+from inference_bundle.router.maintenance import Maintenance
 from inference_bundle.router.metrics import Metrics, metrics_token
 from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.states import StateTracker
@@ -115,6 +116,7 @@ def build_service(
         job_listing=job_listing,
         plane=plane,
     )
+    dispatcher.maintenance = Maintenance({c.cluster: c.profile for c in catalogs})
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)
     db = open_database(settings, state_dir)

@@ -1,7 +1,8 @@
 """Each model's lifecycle as users see it: cold, queued, starting, ready, idle, stopped.
 
 The states themselves are the node runtime's ``ModelState`` (one vocabulary for both sides),
-re-exported here.
+re-exported here. The tracker also remembers how long each model's last start took, for the
+estimates users get while they wait (``router.eta``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class ModelStatus:
     in_flight: int
     cold_starts: int
     last_error: str | None = None
+    # Seconds the last start took, from a node held (or the request, if that was never
+    # seen) to the first answer; None until this router has seen a model start.
+    last_start_s: float | None = None
 
 
 class StateTracker:
@@ -94,8 +98,16 @@ class StateTracker:
             now = self._clock()
             in_flight = max(0, current.in_flight - 1)
             if answered:
+                last_start = current.last_start_s
+                if current.state in (ModelState.QUEUED, ModelState.STARTING):
+                    last_start = round(now - current.since, 1)  # a start just ended
                 self._status[key] = ModelStatus(
-                    ModelState.READY, now, now, in_flight, current.cold_starts
+                    ModelState.READY,
+                    now,
+                    now,
+                    in_flight,
+                    current.cold_starts,
+                    last_start_s=last_start,
                 )
             elif in_flight == 0 and current.state in (ModelState.QUEUED, ModelState.STARTING):
                 self._status[key] = replace(

@@ -203,6 +203,14 @@ async def test_list_endpoints(harness: Harness) -> None:
         "batch": True,
         "state": "ready",
         "connected_servers": [],  # this harness's servers never dial in (task path only)
+        # No job listed (NoScheduler); ready, so no estimate; its start took no time here.
+        "job": None,
+        "estimated_start": None,
+        "estimated_ready_at": None,
+        "estimated_wait_s": None,
+        "estimate_basis": "unknown",
+        "queue_position": None,
+        "last_start_s": pytest.approx(0, abs=5),
     }
     assert local["vllm"]["endpoints"]["chat_completions"] == CHAT
     sophia = response.json()["clusters"]["sophia"]["frameworks"]["vllm"]["models"]

@@ -39,6 +39,10 @@ class SchedulerJob:
     walltime_s: int | None
     started_at: float | None  # epoch seconds; None until it runs
     exit_status: int | None = None
+    # A waiting job's start as the scheduler plans it now (epoch seconds); None if unknown.
+    estimated_start: float | None = None
+    # 1 for the next job the scheduler plans to start in its queue; None where it cannot say.
+    queue_position: int | None = None
 
 
 def parse_job_name(name: str) -> tuple[str, int] | None:

@@ -1,14 +1,23 @@
-"""PBS Pro: ``qstat -f -F json``, and its one-letter job states."""
+"""PBS Pro: ``qstat -f -F json``, and its one-letter job states.
+
+A queued job's ``estimated.start_time`` is the scheduler's plan for it (set when the server
+runs with ``est_start_time_freq`` or the job is a top job); PBS prints it like its other
+times (``Fri Dec  4 10:00:00 2026``, local time), some versions as epoch seconds. PBS gives
+no queue position: the listing derives one from the same plan (see ``_positions``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from ..states import SchedulerState
 from . import Scheduler
 from .common import JobListingError, SchedulerJob, epoch, parse_job_name, run, seconds, waits
 
 _S = SchedulerState
+_TIME_FORMAT = "%a %b %d %H:%M:%S %Y"  # PBS's ctime-style times, in the server's local time
 # PBS Pro's own states, each mapped once.
 PBS_STATES: dict[str, SchedulerState] = {
     "Q": _S.QUEUED,
@@ -32,8 +41,10 @@ def parse_qstat_json(text: str) -> list[SchedulerJob]:
         data = json.loads(text)
     except ValueError as exc:
         raise JobListingError(f"qstat -f -F json answered text that is not JSON: {exc}") from exc
+    listed = data.get("Jobs") or {}
+    positions = _positions(listed)
     jobs = []
-    for job_id, attrs in (data.get("Jobs") or {}).items():
+    for job_id, attrs in listed.items():
         parsed = parse_job_name(str(attrs.get("Job_Name", "")))
         if parsed is None:
             continue
@@ -56,11 +67,45 @@ def parse_qstat_json(text: str) -> list[SchedulerJob]:
                 node_count=int(nodect) if nodect is not None else None,
                 walltime_used_s=seconds(used.get("walltime")),
                 walltime_s=seconds(resources.get("walltime")),
-                started_at=epoch(attrs.get("stime"), "%a %b %d %H:%M:%S %Y"),
+                started_at=epoch(attrs.get("stime"), _TIME_FORMAT),
                 exit_status=attrs.get("Exit_status"),
+                estimated_start=_estimated_start(attrs) if waits(state) else None,
+                queue_position=positions.get(job_id),
             )
         )
     return jobs
+
+
+def _estimated_start(attrs: Mapping[str, Any]) -> float | None:
+    """The job's ``estimated.start_time`` in epoch seconds; None if PBS gives none."""
+    estimated = attrs.get("estimated")
+    value = estimated.get("start_time") if isinstance(estimated, Mapping) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return float(value)
+    return epoch(value, _TIME_FORMAT)
+
+
+def _positions(listed: Mapping[str, Any]) -> dict[str, int]:
+    """Each queued job's place in its queue, in the order the scheduler plans to start them.
+
+    Only jobs with an estimated start have a place; every user's queued jobs that qstat
+    shows count (PBS lists them unless the server hides other users' jobs).
+    """
+    planned: dict[str, list[tuple[float, float, str]]] = {}
+    for job_id, attrs in listed.items():
+        if PBS_STATES.get(str(attrs.get("job_state")), _S.UNKNOWN) != _S.QUEUED:
+            continue
+        start = _estimated_start(attrs)
+        if start is not None:
+            submitted = epoch(attrs.get("qtime"), _TIME_FORMAT) or 0.0
+            planned.setdefault(str(attrs.get("queue")), []).append((start, submitted, job_id))
+    return {
+        job_id: place
+        for queue in planned.values()
+        for place, (_, _, job_id) in enumerate(sorted(queue), start=1)
+    }
 
 
 def list_jobs() -> list[SchedulerJob]:

@@ -1,4 +1,9 @@
-"""Slurm: ``squeue`` lines in a fixed format, and its job state names."""
+"""Slurm: ``squeue`` lines in a fixed format, and its job state names.
+
+``%S`` is a running job's start and a pending job's expected start: what the backfill
+scheduler plans, or the ``--begin`` time; ``N/A`` when it has no plan yet. squeue is asked
+for this user's jobs only, so it gives no queue position.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ SLURM_STATES: dict[str, SchedulerState] = {
 # Fields asked of squeue, in this order; the job name goes last (it may hold anything).
 _SQUEUE_FIELDS = ("%i", "%T", "%r", "%D", "%M", "%l", "%S", "%P", "%N", "%j")
 SQUEUE_FORMAT = "|".join(_SQUEUE_FIELDS)
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # squeue's times, in local time ("N/A": none)
 
 
 def parse_squeue(text: str, expand: Callable[[str], list[str]] | None = None) -> list[SchedulerJob]:
@@ -77,7 +83,8 @@ def parse_squeue(text: str, expand: Callable[[str], list[str]] | None = None) ->
                 node_count=int(count) if count.isdigit() else None,
                 walltime_used_s=seconds(used),
                 walltime_s=seconds(limit),
-                started_at=epoch(start, "%Y-%m-%dT%H:%M:%S") if state != _S.QUEUED else None,
+                started_at=epoch(start, _TIME_FORMAT) if state != _S.QUEUED else None,
+                estimated_start=epoch(start, _TIME_FORMAT) if state == _S.QUEUED else None,
             )
         )
     return jobs

@@ -1,7 +1,13 @@
-"""What a caller may see: the models, every cluster's endpoints, and the scheduler's jobs."""
+"""What a caller may see: the models, every cluster's endpoints, and the scheduler's jobs.
+
+/jobs and /list-endpoints carry each waiting model's estimate (``router.eta``):
+``estimated_start``, ``estimated_ready_at`` (ISO 8601, UTC), ``estimated_wait_s``,
+``estimate_basis``, ``queue_position`` and ``last_start_s``; None where unknown.
+"""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +18,8 @@ from starlette.routing import BaseRoute
 
 from inference_bundle.router.api.common import authenticate, bound_route, require_cluster
 from inference_bundle.router.auth import Caller, may_use
+from inference_bundle.router.dispatch import job_of
+from inference_bundle.router.eta import estimate
 from inference_bundle.router.routes import FRAMEWORK_PATHS, Route
 from inference_bundle.router.service import RouterService
 from inference_bundle.router.states import ModelState
@@ -56,9 +64,12 @@ async def list_endpoints(service: RouterService, request: Request) -> Response:
     """Every cluster's frameworks, their URLs and models (disabled ones with the reason)."""
     caller = await authenticate(service.authenticator, request)
     clusters: dict[str, Any] = {}
+    listed: dict[str, list[dict[str, Any]] | None] = {}
     for route in service.table.routes():
         if not _allowed(service, caller, route):
             continue
+        if route.cluster not in listed:  # once a cluster; None when it does not answer
+            listed[route.cluster] = await service.dispatcher.cluster_jobs(route.cluster)
         base = f"/resource_server/{route.cluster}"
         cluster = clusters.setdefault(route.cluster, {"base_url": base, "frameworks": {}})
         framework = cluster["frameworks"].setdefault(
@@ -71,7 +82,11 @@ async def list_endpoints(service: RouterService, request: Request) -> Response:
                 },
             },
         )
-        framework["models"].append(_model_entry(service, route))
+        framework["models"].append(_model_entry(service, route, listed[route.cluster]))
+    maintenance = service.dispatcher.maintenance
+    for name, cluster in clusters.items():  # its maintenance window, under way or next
+        if maintenance is not None and (notice := maintenance.notice(name)) is not None:
+            cluster["maintenance"] = notice
     return JSONResponse({"clusters": clusters})
 
 
@@ -112,6 +127,7 @@ def _group_jobs(
             continue
         listed.add(route.endpoint_name)
         status = service.tracker.status(route.endpoint_name)
+        eta = estimate(status, job, time.time())
         grouped[_JOB_GROUPS.get(job["state"], "others")].append(
             {
                 "model": route.model,
@@ -126,6 +142,7 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
+                **eta.fields(),
             }
         )
     for name, route in routes.items():
@@ -147,12 +164,15 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
+                **estimate(status, None, time.time()).fields(),
             }
         )
     return grouped
 
 
-def _model_entry(service: RouterService, route: Route) -> dict[str, Any]:
+def _model_entry(
+    service: RouterService, route: Route, jobs: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     ep = route.entry.endpoint
     status = service.tracker.status(route.endpoint_name)
     entry: dict[str, Any] = {
@@ -166,7 +186,22 @@ def _model_entry(service: RouterService, route: Route) -> dict[str, Any]:
         entry["disabled_reason"] = ep.disabled_reason
     else:
         entry["connected_servers"] = _servers(service, route)
+        job = job_of(jobs, route.endpoint_name)
+        entry["job"] = None if job is None else _job_summary(job)
+        entry.update(estimate(status, job, time.time()).fields())
     return entry
+
+
+def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    """A model's scheduler job as /list-endpoints shows it (/jobs has the whole of it)."""
+    return {
+        "job_id": job.get("job_id"),
+        "state": job.get("state"),
+        "scheduler_state": job.get("scheduler_state"),
+        "reason": job.get("reason"),
+        "nodes": job.get("nodes", []),
+        "started_at": _iso(job.get("started_at")),
+    }
 
 
 def _servers(service: RouterService, route: Route) -> list[dict[str, Any]]:

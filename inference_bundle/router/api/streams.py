@@ -25,6 +25,7 @@ from inference_bundle.router.api.answers import (
 from inference_bundle.router.dataplane.connections import NodeGone
 from inference_bundle.router.dispatch import Answer, Streamed, decode_body, server_gone
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.eta import Eta
 from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
@@ -68,10 +69,11 @@ async def waiting_stream(
     """A stream that may have to wait for its model: SSE comments say its state meanwhile."""
     notes: asyncio.Queue[str] = asyncio.Queue()
 
-    async def on_wait(status: ModelStatus, waited: float) -> None:
-        await notes.put(
-            streaming.comment(f"{route.model} is {status.state}, waited {waited:.0f} s")
-        )
+    async def on_wait(status: ModelStatus, waited: float, eta: Eta) -> None:
+        # "<model> is queued, waited 12 s; the scheduler expects to start it at 10:00 UTC ..."
+        told = eta.sentence()
+        note = f"{route.model} is {status.state}, waited {waited:.0f} s"
+        await notes.put(streaming.comment(f"{note}; {told}" if told else note))
 
     task = asyncio.create_task(service.dispatcher.stream(route, runtime_request, on_wait))
     try:

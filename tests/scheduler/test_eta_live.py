@@ -1,0 +1,80 @@
+"""The scheduler's estimated start, read from the real local Slurm's squeue.
+
+Two ways a block waits with a planned start: a begin time in the future (``--begin``), and
+a job behind another that holds the whole node (the backfill scheduler plans its start at
+the first job's time limit). Both read through list_jobs, as the router's listing does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_runtime.jobs import list_jobs
+
+# The first test includes the local Slurm's start; the backfill pass comes every 30 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ENDPOINT = f"local-eta{os.getpid()}"  # test sessions at once share the local Slurm
+ENDPOINTS = {ENDPOINT: "demo-model"}
+
+
+def block_name(block: int) -> str:
+    return f"parsl.{ENDPOINT}-HighThroughputExecutor.block-{block}.{time.time()}"
+
+
+def by_block() -> dict[int, dict[str, Any]]:
+    return {job["block"]: job for job in list_jobs("slurm", ENDPOINTS)["jobs"]}
+
+
+def wait_for(check: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+@pytest.fixture
+def submitted(local_slurm: Path) -> Iterator[list[str]]:
+    """Job ids to cancel at the end, whatever the test's outcome."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+
+
+def sbatch(*args: str) -> str:
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-o", "/dev/null", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().split(";")[0]
+
+
+def test_a_begin_time_is_the_estimated_start(submitted: list[str]) -> None:
+    asked = time.time() + 3600
+    submitted.append(sbatch("--begin=now+1hour", "-t", "5", "-J", block_name(0), "--wrap", "true"))
+    job = wait_for(lambda: by_block().get(0), 20)
+    assert job, "the block never showed in squeue"
+    assert (job["state"], job["reason"]) == ("queued", "BeginTime")
+    assert job["estimated_start"] == pytest.approx(asked, abs=60)
+    assert (job["started_at"], job["queue_position"]) == (None, None)
+
+
+def test_a_job_behind_another_gets_a_planned_start(submitted: list[str]) -> None:
+    began = time.time()
+    # The first takes the whole node for at most 3 minutes; the second must wait for it.
+    submitted.append(sbatch("--exclusive", "-t", "3", "-J", "eta-blocker", "--wrap", "sleep 300"))
+    submitted.append(sbatch("--exclusive", "-t", "5", "-J", block_name(1), "--wrap", "true"))
+    job = wait_for(lambda: (j := by_block().get(1)) and j["estimated_start"] and j, 90)
+    assert job, f"no planned start within 90 s: {by_block()}"
+    assert job["state"] == "queued" and job["reason"] in ("Resources", "Priority")
+    # Planned when the blocker's time limit runs out (or earlier, if the blocker waited too).
+    assert began + 120 <= job["estimated_start"] <= time.time() + 3 * 60 + 30
