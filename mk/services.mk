@@ -34,3 +34,12 @@ nginx-package:
 	scripts/service-packages.sh nginx
 
 TEST_PREREQS += postgres-packages nginx-package
+
+# Chromium and its driver for the status page's browser test
+# (tests/router/test_status_page_browser.py, driven by selenium headless).
+.PHONY: browser-packages
+
+browser-packages:
+	scripts/service-packages.sh browser
+
+TEST_PREREQS += browser-packages

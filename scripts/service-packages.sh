@@ -3,16 +3,18 @@
 #
 #   scripts/service-packages.sh postgres   postgresql (initdb, pg_ctl under /usr/lib/postgresql/N/bin)
 #   scripts/service-packages.sh nginx      nginx-light
+#   scripts/service-packages.sh browser    chromium and chromium-driver (headless, for selenium)
 #
-# The tests start and stop their own servers in temporary folders (tests/postgres.py,
-# tests/replicas.py); the services the packages register are neither wanted nor started:
-# while installing, a policy-rc.d that refuses every start is put in place if none is.
+# The tests start and stop their own servers and browsers in temporary folders
+# (tests/postgres.py, tests/replicas.py, tests/router/test_status_page_browser.py); the
+# services the packages register are neither wanted nor started: while installing, a policy-rc.d that refuses every start is put in place if none is.
 set -euo pipefail
 
 log() { echo "service-packages: $*" >&2; }
 
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 have_nginx() { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }
+have_browser() { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }
 
 install_packages() {
     if [ "$(id -u)" != 0 ]; then
@@ -47,8 +49,12 @@ case ${1:-} in
         have_nginx || install_packages nginx-light
         have_nginx || { log "nginx-light installed but no nginx found"; exit 1; }
         ;;
+    browser)
+        have_browser || install_packages chromium chromium-driver
+        have_browser || { log "chromium installed but no chromium or chromedriver found"; exit 1; }
+        ;;
     *)
-        echo "usage: $0 postgres|nginx" >&2
+        echo "usage: $0 postgres|nginx|browser" >&2
         exit 2
         ;;
 esac

@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from inference_bundle.router.api import batches, files, listings, openai, operations, usage
+from inference_bundle.router.api import batches, files, listings, openai, operations, status, usage
 from inference_bundle.router.dataplane import endpoint as dataplane_endpoint
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.reload import LimitsWatcher
 from inference_bundle.router.service import RouterService
+from inference_bundle.router.warmth import warm_keeper
 
 log = logging.getLogger("router")
 
@@ -40,7 +41,10 @@ def create_app(service: RouterService) -> Starlette:
         settings = service.settings
         if settings.executor == "engine" and settings.batches.prestart_engines:
             service.batches.runner.prestart()
+        keeper = warm_keeper(service)  # endpoints' keep_warm schedules
+        keeper.start()
         yield
+        await keeper.stop()
         watcher.stop()
         if service.dispatcher.plane is not None:
             service.dispatcher.plane.hub.close_all()
@@ -68,6 +72,7 @@ def api_routes(service: RouterService) -> list[BaseRoute]:
         *batches.routes(service.batches),
         *files.routes(service.batches),
         *usage.routes(service),
+        *status.routes(service),
         *openai.routes(service),
         *listings.routes(service),
         *operations.routes(service),
