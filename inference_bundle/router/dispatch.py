@@ -110,9 +110,12 @@ class Dispatcher:
         poll_s: float = 1.0,
         job_listing: JobListing | None = None,
         plane: DataPlane | None = None,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self.job_listing = job_listing
         self.plane = plane
+        # The served clusters' maintenance windows: starts a window would cut get a 503.
+        self.maintenance = maintenance
         self.pool = pool
         self.tracker = tracker
         self.wait_s = wait_s
@@ -149,10 +152,6 @@ class Dispatcher:
                     streamed.start_wait_s = start_wait
                     return streamed
         return await self._through_task(route, _whole(request), on_wait, began)
-
-    # The served clusters' maintenance windows (build_service sets them): starts a window
-    # would cut are refused with a 503.
-    maintenance: Maintenance | None = None
 
     async def ensure(self, route: Route) -> dict[str, Any]:
         """Start the route's server, or find it up, and send it nothing: the task's envelope.

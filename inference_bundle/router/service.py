@@ -115,8 +115,8 @@ def build_service(
         node_runtime.__version__,
         job_listing=job_listing,
         plane=plane,
+        maintenance=Maintenance({c.cluster: c.profile for c in catalogs}),
     )
-    dispatcher.maintenance = Maintenance({c.cluster: c.profile for c in catalogs})
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     authenticator = build_authenticator(settings.auth, root)
     db = open_database(settings, state_dir)
