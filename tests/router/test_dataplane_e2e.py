@@ -129,7 +129,8 @@ def test_a_stream_under_an_alias_is_named_as_asked(router: RunningRouter) -> Non
     stream = timed_stream(router.url, router.key, CHAT, long_chat(TINY_ALIAS, max_tokens=8))
     assert stream.status == 200 and stream.events[-1] == "[DONE]"
     chunks = stream.json_events()
-    assert len(chunks) >= 8 and {c["model"] for c in chunks} == {TINY_ALIAS}
+    # vLLM may put several tokens in one chunk when it runs ahead of its API server.
+    assert len(chunks) >= 2 and {c["model"] for c in chunks} == {TINY_ALIAS}
     assert access_record(log_of(router), stream.request_id)["via"] == "connection"
 
 

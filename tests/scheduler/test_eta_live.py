@@ -76,5 +76,6 @@ def test_a_job_behind_another_gets_a_planned_start(submitted: list[str]) -> None
     job = wait_for(lambda: (j := by_block().get(1)) and j["estimated_start"] and j, 90)
     assert job, f"no planned start within 90 s: {by_block()}"
     assert job["state"] == "queued" and job["reason"] in ("Resources", "Priority")
-    # Planned when the blocker's time limit runs out (or earlier, if the blocker waited too).
-    assert began + 120 <= job["estimated_start"] <= time.time() + 3 * 60 + 30
+    # Planned once the blocker's time limit runs out: later still if the blocker itself
+    # waits behind other jobs on the shared node (other tests, other sessions).
+    assert began + 120 <= job["estimated_start"] <= began + 3600
