@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from inference_bundle.config.problems import ConfigError, display_path
-from inference_bundle.config.settings import load_settings
+from inference_bundle.config.problems import display_path
+from inference_bundle.ops.router_config import DEFAULT_CONFIG, router_settings
 from inference_bundle.router.auth import (
     ApiKeyEntry,
     AuthConfigError,
@@ -23,8 +23,6 @@ from inference_bundle.router.auth import (
     list_api_keys,
     revoke_api_key,
 )
-
-DEFAULT_CONFIG = Path("config/router/local.yaml")
 
 config_option = click.option(
     "--config",
@@ -38,12 +36,7 @@ config_option = click.option(
 
 def _keys_file(root: Path, config: Path) -> Path:
     """The keys file that the router run with `config` reads, or a ClickException saying why not."""
-    path = config if config.is_absolute() else root / config
-    shown = display_path(path, root)
-    try:
-        settings = load_settings(path, root)
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    settings, shown = router_settings(root, config)
     if settings.auth.mode != "keys":
         raise click.ClickException(
             f"{shown}: auth.mode is {settings.auth.mode}: API keys are for mode keys. "

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from inference_bundle.config.problems import ConfigError, display_path
-from inference_bundle.config.settings import RouterSettings, load_settings
+from inference_bundle.config.problems import display_path
+from inference_bundle.config.settings import RouterSettings
+from inference_bundle.ops.router_config import DEFAULT_CONFIG, router_settings
 from inference_bundle.router.limits.ledger import BY_CHOICES, Ledger, day_of
 from inference_bundle.router.store import (
     SchemaTooNew,
@@ -32,7 +33,6 @@ from inference_bundle.router.store import (
     sqlite_path,
 )
 
-DEFAULT_CONFIG = Path("config/router/local.yaml")
 COUNTS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 COUNT_HEADERS = ("REQUESTS", "PROMPT", "COMPLETION", "TOTAL")
 
@@ -105,12 +105,7 @@ def usage(
     since = since or until[:8] + "01"
     if since > until:
         raise click.BadParameter(f"{since} is after --until {until}", param_hint="--since")
-    path = config if config.is_absolute() else root / config
-    shown = display_path(path, root)
-    try:
-        settings = load_settings(path, root)
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    settings, shown = router_settings(root, config)
     rows = _read_usage(settings, root, shown, since, until, by, user)
     total = {name: sum(row[name] for row in rows) for name in COUNTS}
     if as_json:
