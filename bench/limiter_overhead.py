@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -342,15 +341,7 @@ def main() -> int:
     busiest = max(
         x for r in results.values() for x in r["loadavg"]["before"][:1] + r["loadavg"]["after"][:1]
     )
-    if busiest > (os.cpu_count() or 1):
-        print(
-            f"note: the machine was busy (1-min load up to {busiest:.1f} on {os.cpu_count()} "
-            "cores) during this run; compare paths within it, not with other runs"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}", file=sys.stderr)
-    shutil.rmtree(work, ignore_errors=True)
+    peers.write_result(result, args.out, work, busiest)
     return 1 if problems else 0
 
 

@@ -15,8 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,3 +307,17 @@ def start_litellm(procs: Processes, port: int, upstream: int, model: str) -> str
     )
     procs.wait_until("litellm", lambda: http_ok(port, "/health/liveliness"), 180)
     return master_key
+
+
+def write_result(result: Mapping[str, object], out: Path, work: Path, busiest_load: float) -> None:
+    """Say if the machine was busy during the run, write the result, remove the scratch."""
+    if busiest_load > (os.cpu_count() or 1):
+        print(
+            f"note: the machine was busy (1-min load up to {busiest_load:.1f} on "
+            f"{os.cpu_count()} cores) during this run; compare paths within it, not with "
+            "other runs"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)

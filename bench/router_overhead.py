@@ -387,15 +387,7 @@ def main() -> int:
         f"{'met' if met['throughput_target_met'] else 'missed'})"
     )
     busiest = max(load_before[0], os.getloadavg()[0])
-    if busiest > (os.cpu_count() or 1):
-        print(
-            f"note: the machine was busy (1-min load up to {busiest:.1f} on {os.cpu_count()} "
-            "cores) during this run; compare paths within it, not with other runs"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}", file=sys.stderr)
-    shutil.rmtree(work, ignore_errors=True)
+    peers.write_result(result, args.out, work, busiest)
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -330,15 +329,7 @@ def main() -> int:
         f"median ITL ≤ {ITL_RATIO_MAX}× direct: {'met' if met else 'MISSED'}"
     )
     busiest = max([load_before[0]] + [row["loadavg_1min_after"] for row in runs])
-    if busiest > (os.cpu_count() or 1):
-        print(
-            f"note: the machine was busy (1-min load up to {busiest:.1f} on {os.cpu_count()} "
-            "cores) during this run; compare paths within a run, not with other runs"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}", file=sys.stderr)
-    shutil.rmtree(work, ignore_errors=True)
+    peers.write_result(result, args.out, work, busiest)
     return 0 if met else 2
 
 

@@ -204,7 +204,7 @@ def test_a_database_that_is_down_is_a_503_and_usage_is_counted_once_when_it_is_b
 ) -> None:
     east = routers[0]
     carol = create_api_key(root / ".state" / "keys.json", "carol@fair-sharing")
-    time.sleep(1.5)  # the keys file is reread on change; out of the rate window too
+    time.sleep(1.5)  # out of the earlier requests' one-second rate window (time, not a state)
     postgres.stop()
     try:
         # Limits on: admitting the request needs the database.
