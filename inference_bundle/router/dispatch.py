@@ -17,29 +17,47 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
 from typing import Any
 
 from node_runtime.entrypoints import serve
 
-from inference_bundle.router.dataplane.connections import NodeConnection, NodeGone, Relay
+from inference_bundle.router.dataplane.connections import NodeConnection, NodeGone
 from inference_bundle.router.dataplane.plane import DataPlane
+from inference_bundle.router.dispatch_answers import Answer, Streamed, decode_body
+from inference_bundle.router.dispatch_errors import (
+    RETRY_AFTER_S,
+    request_timeout_s,
+    server_gone,
+    still_starting,
+    too_slow,
+)
 from inference_bundle.router.errors import APIError
-from inference_bundle.router.eta import Eta, estimate, retry_after_s
+from inference_bundle.router.eta import Eta
 from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
+from inference_bundle.router.job_lookup import LISTING_WAIT_S, JobLookup, job_of, retrieve
 from inference_bundle.router.joblisting import JobListing
 from inference_bundle.router.maintenance import Maintenance
 from inference_bundle.router.routes import Route
-from inference_bundle.router.states import ModelState, ModelStatus, StateTracker
+from inference_bundle.router.states import ModelStatus, StateTracker
+
+# The names callers imported from here before the answers, errors and job lookup moved out.
+__all__ = [
+    "EXPIRY_MARGIN_S",
+    "LISTING_WAIT_S",
+    "RETRY_AFTER_S",
+    "STREAM_KEYS",
+    "Answer",
+    "Dispatcher",
+    "OnWait",
+    "Streamed",
+    "decode_body",
+    "job_of",
+    "server_gone",
+]
 
 # Told while a request waits: the model's status, seconds waited, and the estimate (router.eta).
 OnWait = Callable[[ModelStatus, float, Eta], Awaitable[None]]
-# What a user is told to wait before trying again, by the state the model was left in, when
-# neither the scheduler's plan nor an earlier start gives an estimate.
-RETRY_AFTER_S = {ModelState.QUEUED: 60, ModelState.STARTING: 15}
-# How long a wait's poll waits for the job listing; a slower one fills its cache meanwhile.
-LISTING_WAIT_S = 2.0
 # A task reaches its node after a little travel: its caller's wait ends this much later there.
 EXPIRY_MARGIN_S = 5.0
 # Keys only a connection carries: through a task the runtime answers whole.
@@ -50,48 +68,7 @@ _ENSURE = {"method": "GET", "path": "/v1/models", "body": None, "send": False}
 log = logging.getLogger("router.dispatch")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A whole answer."""
-
-    status: int
-    body: Any
-    start_wait_s: float  # time the node runtime spent starting the server
-    waited_s: float  # time this request waited in the router
-    cold_start: bool
-    via: str = "task"  # or "connection": down the server's own connection
-    raw: bytes | None = None  # the body as the server wrote it (connection path; body None)
-
-    def decoded(self) -> Answer:
-        """This answer with its body as data (a raw body decoded)."""
-        if self.raw is None:
-            return self
-        return replace(self, body=decode_body(self.raw), raw=None)
-
-
-def decode_body(raw: bytes) -> Any:
-    """A server's JSON body; text that is no JSON as a message."""
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return {"message": raw.decode("utf-8", "replace")}
-
-
-@dataclass
-class Streamed:
-    """An answer that is still coming, chunk by chunk, down a server's connection."""
-
-    relay: Relay
-    status: int
-    content_type: str
-    waited_s: float
-    cold_start: bool
-    finish: Callable[[bool], None]  # call once: whether the answer arrived whole
-    via: str = "connection"
-    start_wait_s: float = 0.0
-
-
-class Dispatcher:
+class Dispatcher(JobLookup):
     """Sends requests for routes: over the data plane when it can, as tasks otherwise.
 
     A task waits at most ``wait_s``; past that the request gets a 503 with the model's state
@@ -99,6 +76,9 @@ class Dispatcher:
     handed to an engine or to Globus Compute cannot be withdrawn, so each carries
     ``expires_at``: when it reaches a node after its caller gave up, the node runtime starts
     the model but does not send the request (no generation nobody reads).
+
+    What the scheduler's listing says of a route's job (``eta``, ``listed_job``,
+    ``cluster_jobs``) comes from ``JobLookup``.
     """
 
     def __init__(
@@ -112,7 +92,7 @@ class Dispatcher:
         plane: DataPlane | None = None,
         maintenance: Maintenance | None = None,
     ) -> None:
-        self.job_listing = job_listing
+        super().__init__(job_listing)
         self.plane = plane
         # The served clusters' maintenance windows: starts a window would cut get a 503.
         self.maintenance = maintenance
@@ -173,7 +153,7 @@ class Dispatcher:
         if streamed is None:
             return None
         try:
-            async with asyncio.timeout(_request_timeout_s(route)):
+            async with asyncio.timeout(request_timeout_s(route)):
                 raw = await streamed.relay.read()
         except NodeGone as gone:
             streamed.finish(False)
@@ -181,7 +161,7 @@ class Dispatcher:
         except TimeoutError:
             streamed.relay.cancel()
             streamed.finish(False)
-            raise _too_slow(route) from None
+            raise too_slow(route) from None
         except asyncio.CancelledError:
             streamed.relay.cancel()  # the client went away
             streamed.finish(False)
@@ -210,7 +190,7 @@ class Dispatcher:
             self.tracker.finish(key, answered=False)
             return None
         try:
-            async with asyncio.timeout(_request_timeout_s(route)):
+            async with asyncio.timeout(request_timeout_s(route)):
                 status, content_type = await relay.start()
         except NodeGone as gone:
             self.tracker.finish(key, answered=False)
@@ -218,7 +198,7 @@ class Dispatcher:
         except TimeoutError:
             self.tracker.finish(key, answered=False)
             relay.cancel()
-            raise _too_slow(route) from None
+            raise too_slow(route) from None
         except asyncio.CancelledError:
             self.tracker.finish(key, answered=False)
             relay.cancel()
@@ -270,12 +250,12 @@ class Dispatcher:
             # A round trip to the engine's interchange: off the event loop.
             held = await asyncio.to_thread(executor.node_held)
             if held is None:
-                held = await self._job_running(route)
+                held = await self.job_running(route)
             status = self.tracker.waiting(key, held)
             eta = await self.eta(route, status)
             if waited >= self.wait_s:
-                waiting.add_done_callback(_retrieve)
-                raise _still_starting(route, status, waited, eta)
+                waiting.add_done_callback(retrieve)
+                raise still_starting(route, status, waited, eta)
             if on_wait is not None:
                 await on_wait(status, waited, eta)
         try:
@@ -330,39 +310,6 @@ class Dispatcher:
         except Exception as err:  # the next request's own task will say what is wrong
             log.warning("keeping %s's engine: %s", route.endpoint_name, err)
 
-    async def _job_running(self, route: Route) -> bool:
-        """Whether the scheduler runs the endpoint's job, when the executor cannot say."""
-        job = await self.listed_job(route)
-        return job is not None and job.get("scheduler_state") == "running"
-
-    async def eta(self, route: Route, status: ModelStatus) -> Eta:
-        """The best estimate of when a waiting model answers (router.eta).
-
-        While it is queued, the scheduler's plan for its job counts: the listing is asked
-        (at most every few seconds, cached). Starting, the last start's length is enough.
-        """
-        job = await self.listed_job(route) if status.state == ModelState.QUEUED else None
-        return estimate(status, job, time.time())
-
-    async def listed_job(self, route: Route) -> dict[str, Any] | None:
-        """The endpoint's job in its cluster's listing (see ``job_of``); None if none is
-        listed or the listing does not answer in time."""
-        return job_of(await self.cluster_jobs(route.cluster), route.endpoint_name)
-
-    async def cluster_jobs(self, cluster: str) -> list[dict[str, Any]] | None:
-        """The cluster's listed jobs; None if the listing fails or takes over LISTING_WAIT_S
-        (it goes on meanwhile and fills its cache for the next ask)."""
-        if self.job_listing is None:
-            return None
-        asking = asyncio.ensure_future(self.job_listing.jobs(cluster))
-        asking.add_done_callback(_retrieve)
-        try:
-            listing = await asyncio.wait_for(asyncio.shield(asking), LISTING_WAIT_S)
-        except (APIError, TimeoutError):
-            return None  # unknown: keep saying queued rather than fail or delay the request
-        jobs: list[dict[str, Any]] = listing.get("jobs", [])
-        return jobs
-
     def _finished(self, route: Route, done: Future[Any]) -> None:
         error = done.exception()
         self.tracker.finish(
@@ -382,69 +329,3 @@ def _whole(request: dict[str, Any]) -> dict[str, Any]:
 def _bytes(request: dict[str, Any]) -> bytes:
     body = request.get("body")
     return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-
-
-def _request_timeout_s(route: Route) -> float:
-    """The spec's bound on one request at its server, as the node runtime applies it."""
-    return float(route.spec.get("request_timeout_s", 600.0))
-
-
-def _too_slow(route: Route) -> APIError:
-    return APIError(
-        504,
-        f"The model '{route.model}' did not answer within its request timeout of "
-        f"{_request_timeout_s(route):g} s; the request was cancelled.",
-        type="server_error",
-        code="timeout",
-    )
-
-
-def server_gone(model: str, gone: NodeGone) -> APIError:
-    """The 502 for an answer that broke off at its server (a stream's last event)."""
-    return APIError(
-        502,
-        f"The model '{model}' stopped answering: {gone}. The next request restarts it.",
-        type="server_error",
-        code="server_gone",
-    )
-
-
-def _retrieve(done: asyncio.Future[Any]) -> None:
-    """Consume the outcome of a task nobody waits for any more (no 'never retrieved')."""
-    if not done.cancelled():
-        done.exception()
-
-
-def job_of(jobs: list[dict[str, Any]] | None, endpoint_name: str) -> dict[str, Any] | None:
-    """An endpoint's job among listed ones: a running one first, else the queued one the
-    scheduler plans to start first; None if it has none."""
-    mine = [job for job in jobs or [] if job.get("endpoint") == endpoint_name]
-    return min(mine, key=_job_order, default=None)
-
-
-def _job_order(job: dict[str, Any]) -> tuple[bool, float]:
-    """Running jobs first, then queued ones by planned start (unplanned last)."""
-    planned = job.get("estimated_start")
-    running = job.get("scheduler_state") == "running"
-    return (not running, planned if isinstance(planned, int | float) else float("inf"))
-
-
-def _still_starting(route: Route, status: ModelStatus, waited: float, eta: Eta) -> APIError:
-    state = status.state.value
-    retry = retry_after_s(eta, RETRY_AFTER_S.get(status.state, 30))
-    told = eta.sentence()
-    return APIError(
-        503,
-        f"The model '{route.model}' is {state} on {route.cluster} and did not answer within "
-        f"{waited:.0f} s; it keeps starting{f': {told}' if told else ''}. "
-        f"Retry in about {retry} s.",
-        type="server_error",
-        code="model_not_ready",
-        headers={"Retry-After": str(retry)},
-        extra={
-            "state": state,
-            "waited_s": round(waited, 1),
-            "retry_after_s": retry,
-            **eta.fields(),
-        },
-    )

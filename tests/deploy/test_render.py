@@ -36,7 +36,8 @@ def test_golden_files(name: str) -> None:
         if os.environ.get("UPDATE_GOLDEN") == "1":
             golden.parent.mkdir(parents=True, exist_ok=True)
             golden.write_text(text)
-        assert text == golden.read_text(), f"{name}/{filename} differs from its golden file"
+        # Bytes, not text: a changed line ending or encoding is a difference too.
+        assert text.encode() == golden.read_bytes(), f"{name}/{filename} differs from its golden"
 
 
 def test_one_directory_per_enabled_endpoint_plus_batch_twins() -> None:

@@ -193,6 +193,15 @@ def batch_harness(h: Harness, tmp_path: Path) -> Harness:
 
 
 @pytest.fixture
+async def served(make_harness: Callable[..., Harness], tmp_path: Path) -> AsyncIterator[Any]:
+    """Routers on real sockets with the node's real agent (tests/router/dataplane_fakes.py)."""
+    from tests.router.dataplane_fakes import serving  # it imports this module's Harness
+
+    async with serving(make_harness, tmp_path) as routers:
+        yield routers
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 

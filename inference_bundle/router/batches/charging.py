@@ -20,7 +20,8 @@ from typing import Any
 from node_runtime.batch_files import OUTPUT, open_regular, private_dir
 
 from inference_bundle.router.batches.store import BatchRecord, BatchStore
-from inference_bundle.router.limits.ledger import Refusal, Settlement
+from inference_bundle.router.limits.counter_state import Refusal
+from inference_bundle.router.limits.ledger import Settlement
 from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.limits.rules import TOKEN_FIELDS, Counter
 

@@ -1,0 +1,84 @@
+"""What one endpoint file (endpoints/<cluster>/<slug>.yaml) may say, field by field.
+
+pydantic checks each field; the rules that relate fields to each other and to the cluster's
+profile are in ``config.endpoint_rules``, the loading in ``config.catalog``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference_bundle.config.frameworks import Framework, Kind
+from inference_bundle.config.profiles import Walltime
+from inference_bundle.config.warm_windows import WarmWindow
+
+
+class ServerArgs(BaseModel):
+    """Backend server options the catalog may set; anything else goes in ``extra``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    extra: list[str] = Field(default_factory=list, description="further flags, passed as is")
+
+
+class Endpoint(BaseModel):
+    """One model endpoint as an operator writes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face name")
+    served_name: str | None = Field(default=None, description="defaults to model")
+    aliases: list[str] = Field(default_factory=list, description="older names still accepted")
+    framework: Framework
+    kind: Kind
+    weights: str = Field(min_length=1, description="folder under weights_root, or absolute")
+    gpus: int = Field(ge=0, description="GPUs used on each node")
+    nodes: int = Field(default=1, ge=1)
+    tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1)
+    server_args: ServerArgs = ServerArgs()
+    batch: bool = Field(default=False, description="the guide's B: batch-capable")
+    idle_timeout_s: int | None = Field(default=None, ge=1, description="default: the profile's")
+    walltime: Walltime | None = Field(default=None, description="default: the profile's")
+    groups: list[str] = Field(default_factory=list, description="allowed groups; empty: all")
+    enabled: bool = True
+    disabled_reason: str | None = None
+    keep_warm: list[WarmWindow] = Field(
+        default_factory=list,
+        description="when the router keeps the model started (cluster time zone); empty: "
+        "only on demand",
+        examples=[[{"days": ["mon", "tue", "wed", "thu", "fri"], "from": "08:00", "to": "18:00"}]],
+    )
+
+    @property
+    def name(self) -> str:
+        """The name users ask for."""
+        return self.served_name or self.model
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An endpoint with where it came from."""
+
+    cluster: str
+    slug: str
+    file: str
+    endpoint: Endpoint
+
+    @property
+    def endpoint_name(self) -> str:
+        """The Globus Compute endpoint's name (its directory under ~/.globus_compute)."""
+        return f"{self.cluster}-{self.slug}"

@@ -1,0 +1,66 @@
+"""The errors a dispatched request ends in: too slow, its server gone, its model still starting.
+
+Each is an OpenAI-shaped ``APIError`` whose sentence says what happened and what to do; the
+503 of a model still starting carries Retry-After and the scheduler's estimate
+(``router.eta``).
+"""
+
+from __future__ import annotations
+
+from inference_bundle.router.dataplane.connections import NodeGone
+from inference_bundle.router.errors import APIError
+from inference_bundle.router.eta import Eta, retry_after_s
+from inference_bundle.router.routes import Route
+from inference_bundle.router.states import ModelState, ModelStatus
+
+# What a user is told to wait before trying again, by the state the model was left in, when
+# neither the scheduler's plan nor an earlier start gives an estimate.
+RETRY_AFTER_S = {ModelState.QUEUED: 60, ModelState.STARTING: 15}
+
+
+def request_timeout_s(route: Route) -> float:
+    """The spec's bound on one request at its server, as the node runtime applies it."""
+    return float(route.spec.get("request_timeout_s", 600.0))
+
+
+def too_slow(route: Route) -> APIError:
+    """The 504 for a server that did not answer within the spec's request timeout."""
+    return APIError(
+        504,
+        f"The model '{route.model}' did not answer within its request timeout of "
+        f"{request_timeout_s(route):g} s; the request was cancelled.",
+        type="server_error",
+        code="timeout",
+    )
+
+
+def server_gone(model: str, gone: NodeGone) -> APIError:
+    """The 502 for an answer that broke off at its server (a stream's last event)."""
+    return APIError(
+        502,
+        f"The model '{model}' stopped answering: {gone}. The next request restarts it.",
+        type="server_error",
+        code="server_gone",
+    )
+
+
+def still_starting(route: Route, status: ModelStatus, waited: float, eta: Eta) -> APIError:
+    """The 503 for a request that waited its limit while its model queued or started."""
+    state = status.state.value
+    retry = retry_after_s(eta, RETRY_AFTER_S.get(status.state, 30))
+    told = eta.sentence()
+    return APIError(
+        503,
+        f"The model '{route.model}' is {state} on {route.cluster} and did not answer within "
+        f"{waited:.0f} s; it keeps starting{f': {told}' if told else ''}. "
+        f"Retry in about {retry} s.",
+        type="server_error",
+        code="model_not_ready",
+        headers={"Retry-After": str(retry)},
+        extra={
+            "state": state,
+            "waited_s": round(waited, 1),
+            "retry_after_s": retry,
+            **eta.fields(),
+        },
+    )
