@@ -24,7 +24,7 @@ Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refuse
     {"spec_version": 1,
      "name": "<served model name>",          # --served-model-name; one server per name
      "framework": "vllm" | "infinity",
-     "task": "generate" | "embed",            # vllm + embed => --runner pooling
+     "task": "generate" | "embed" | "rerank", # vllm + embed/rerank => --runner pooling
      "weights": "/abs/path/to/model/folder",
      "args": ["--max-model-len", "256"],     # extra server CLI args, appended last
      "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},  # extra server environment
@@ -90,7 +90,7 @@ invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 # pause; 0.5: the scheduler's estimated start and queue position in the job listing): the
 # router checks it on every call, and
 # a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402

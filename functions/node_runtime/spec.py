@@ -13,7 +13,7 @@ from typing import Any
 from . import frameworks
 
 SPEC_VERSION = 1
-TASKS = ("generate", "embed")
+TASKS = ("generate", "embed", "rerank")
 # An interactive server answers requests; a batch server is a batch job's own, kept apart
 # (its own folder, lock, port and watchdog) even on a host that runs the interactive one.
 ROLES = ("interactive", "batch")

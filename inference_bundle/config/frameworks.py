@@ -16,7 +16,20 @@ if TYPE_CHECKING:  # the catalog and profiles import this module for its names
     from inference_bundle.config.profiles import ClusterProfile
 
 Framework = Literal["vllm", "infinity"]
-Kind = Literal["chat", "vision", "embedding", "base"]
+Kind = Literal["chat", "vision", "embedding", "rerank", "base"]
+
+# The operations every generating model answers on vLLM: OpenAI's chat, completions and
+# Responses, Anthropic's Messages, and the tokenizer (served at the server's root).
+GENERATION_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/tokenize",
+    "/detokenize",
+)
+# What a cross-encoder (kind rerank) answers: Cohere/Jina-style rerank, and vLLM's score.
+RERANK_PATHS = ("/v1/rerank", "/v1/score")
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,8 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         name="vllm",
         label="vLLM",
         url_segment="vllm",
-        kinds=("chat", "vision", "embedding", "base"),
-        paths=("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"),
+        kinds=("chat", "vision", "embedding", "rerank", "base"),
+        paths=(*GENERATION_PATHS, "/v1/embeddings", *RERANK_PATHS, "/v1/models"),
         server_args=frozenset(
             {
                 "max_model_len",
@@ -96,8 +109,8 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         name="infinity",
         label="Infinity",
         url_segment="infinity",
-        kinds=("embedding",),
-        paths=("/v1/embeddings", "/v1/models"),
+        kinds=("embedding", "rerank"),
+        paths=("/v1/embeddings", "/v1/rerank", "/v1/models"),
         # max_model_len has always been accepted here (and not passed): kept so that no
         # catalog that loads today stops loading.
         server_args=frozenset({"max_model_len", "dtype", "trust_remote_code", "extra"}),

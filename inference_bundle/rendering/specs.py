@@ -14,6 +14,8 @@ from inference_bundle.config.profiles import ClusterProfile
 from inference_bundle.rendering.render import weights_locations
 
 SPEC_VERSION = 1
+# The runtime's task for a model kind; every other kind generates.
+TASKS = {"embedding": "embed", "rerank": "rerank"}
 
 
 def server_spec(entry: CatalogEntry, profile: ClusterProfile) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def server_spec(entry: CatalogEntry, profile: ClusterProfile) -> dict[str, Any]:
         "spec_version": SPEC_VERSION,
         "name": ep.name,
         "framework": ep.framework,
-        "task": "embed" if ep.kind == "embedding" else "generate",
+        "task": TASKS.get(ep.kind, "generate"),
         "weights": staged or weights,
         "args": args,
         "env": dict(runtime.env),

@@ -8,20 +8,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_bundle.config.catalog import Catalog, CatalogEntry
-from inference_bundle.config.frameworks import FRAMEWORKS, FrameworkInfo
+from inference_bundle.config.frameworks import (
+    FRAMEWORKS,
+    GENERATION_PATHS,
+    RERANK_PATHS,
+    FrameworkInfo,
+)
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.errors import APIError, unknown_cluster
 
 # The OpenAI paths each framework serves, by its name (a route's ``framework``).
 FRAMEWORK_PATHS: dict[str, tuple[str, ...]] = {name: f.paths for name, f in FRAMEWORKS.items()}
-# The operations a model of each kind answers (vLLM serves an embedding model on
-# /v1/embeddings only, and a generating model everywhere but there).
-_GENERATE = ("/v1/chat/completions", "/v1/completions")
+# The operations a model of each kind answers, of those its framework serves (vLLM serves
+# an embedding model on /v1/embeddings only, a cross-encoder on rerank and score only).
 KIND_PATHS: dict[str, tuple[str, ...]] = {
-    "chat": _GENERATE,
-    "vision": _GENERATE,
-    "base": _GENERATE,
+    "chat": GENERATION_PATHS,
+    "vision": GENERATION_PATHS,
+    "base": GENERATION_PATHS,
     "embedding": ("/v1/embeddings",),
+    "rerank": RERANK_PATHS,
 }
 
 
@@ -163,13 +168,19 @@ def check_framework(route: Route, model: str, framework: str) -> None:
         )
 
 
+def user_path(path: str) -> str:
+    """How users name a backend path under a base URL that ends in /v1: /chat/completions,
+    and /tokenize for the tokenizer that vLLM serves at its root."""
+    return path.removeprefix("/v1")
+
+
 def check_operation(route: Route, model: str, path: str) -> None:
     """The 400 for an operation the model does not answer, saying which it does and where."""
     operations = route.operations
     if path in operations:
         return
     base = route.framework_info.base_path(route.cluster)
-    served = " and ".join(p.removeprefix("/v1") for p in operations)
+    served = ", ".join(user_path(p) for p in operations)
     raise APIError(
         400,
         f"The model '{model}' is a {route.entry.endpoint.kind} model: it answers {served} "

@@ -31,11 +31,30 @@ class EmbeddingRequest(_OpenAIRequest):
     input: str | list[str] | Tokens | list[Tokens]
 
 
+class ResponsesRequest(_OpenAIRequest):
+    input: str | list[Any]
+
+
+class MessagesRequest(_OpenAIRequest):
+    """Anthropic's Messages: ``max_tokens`` is required there, as it is here."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+
+
+class RerankRequest(_OpenAIRequest):
+    query: str
+    documents: list[Any] = Field(min_length=1)
+
+
 # The operations with checks of their own; any other carries at least a model.
 OPERATIONS: dict[str, type[_OpenAIRequest]] = {
     "/v1/chat/completions": ChatRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/responses": ResponsesRequest,
+    "/v1/messages": MessagesRequest,
     "/v1/embeddings": EmbeddingRequest,
+    "/v1/rerank": RerankRequest,
 }
 
 
@@ -44,7 +63,7 @@ def validate(path: str, body: Any) -> _OpenAIRequest:
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     try:
-        return OPERATIONS.get(path, _OpenAIRequest).model_validate(body)
+        parsed = OPERATIONS.get(path, _OpenAIRequest).model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
@@ -53,3 +72,40 @@ def validate(path: str, body: Any) -> _OpenAIRequest:
         else:
             message = f"Invalid value for '{param}': {first['msg']}."
         raise APIError(400, message, param=param, code="invalid_value") from None
+    check_media_urls(body)
+    return parsed
+
+
+# Where a request names a picture, a recording or a video by URL (OpenAI's chat and
+# Responses parts); the server fetches an http(s) URL itself, or refuses it (its
+# --allowed-media-domains), and answers other schemes (file:, ftp:) with a 500.
+MEDIA_KEYS = ("image_url", "video_url", "audio_url")
+MEDIA_SCHEMES = ("data:", "http://", "https://")
+
+
+def check_media_urls(body: dict[str, Any]) -> None:
+    """The 400 for a media URL that is neither a data: URL nor http(s)."""
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                url = item.get("url") if isinstance(item, dict) else item
+                if key in MEDIA_KEYS and isinstance(url, str):
+                    if not url.lower().startswith(MEDIA_SCHEMES):
+                        given = (
+                            f"a {url.partition(':')[0][:16]!r} URL"
+                            if ":" in url
+                            else "a URL without a scheme"
+                        )
+                        raise APIError(
+                            400,
+                            f"An {key} must be a data: URL (base64, as "
+                            f"'data:image/png;base64,...') or an http(s) URL, not {given}.",
+                            param=key,
+                            code="invalid_value",
+                        )
+                else:
+                    pending.append(item)

@@ -26,8 +26,19 @@ def test_every_framework_name_has_its_entry() -> None:
 
 def test_the_router_serves_the_paths_the_entries_list() -> None:
     assert FRAMEWORK_PATHS == {
-        "vllm": ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"),
-        "infinity": ("/v1/embeddings", "/v1/models"),
+        "vllm": (
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+            "/v1/messages",
+            "/tokenize",
+            "/detokenize",
+            "/v1/embeddings",
+            "/v1/rerank",
+            "/v1/score",
+            "/v1/models",
+        ),
+        "infinity": ("/v1/embeddings", "/v1/rerank", "/v1/models"),
     }
     assert FRAMEWORKS["vllm"].base_path("local") == "/resource_server/local/vllm/v1"
 
@@ -46,7 +57,8 @@ def test_the_catalog_rules_read_the_entries(repo: Path, monkeypatch: pytest.Monk
     with pytest.raises(CatalogError) as caught:
         load_catalog(repo, "local")
     assert [str(p) for p in caught.value.problems] == [
-        f"{path}: framework: infinity serves embedding models only, but kind is chat; use vllm"
+        f"{path}: framework: infinity serves embedding or rerank models only, but kind is "
+        "chat; use vllm"
     ]
     wider = dataclasses.replace(FRAMEWORKS["infinity"], kinds=("embedding", "chat"))
     monkeypatch.setitem(FRAMEWORKS, "infinity", wider)

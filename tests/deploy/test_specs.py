@@ -43,7 +43,11 @@ def test_local_specs_point_into_the_checkout() -> None:
     chat = entry_spec("local", "tiny-chat")
     assert chat["weights"] == str(ROOT / ".state/models/tiny-llama")
     assert chat["python"] == str(ROOT / ".venvs/vllm/bin/python")
-    assert chat["args"] == ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
+    assert chat["args"] == [
+        "--dtype", "float32", "--max-model-len", "256",
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--enforce-eager",
+    ]  # fmt: skip
     assert chat["env"]["VLLM_CACHE_ROOT"] == str(ROOT / ".state/cache/vllm")  # type: ignore[index]
     embed = entry_spec("local", "all-minilm-l6-v2")
     assert embed["task"] == "embed" and embed["framework"] == "infinity"

@@ -66,7 +66,8 @@ def test_batch_needs_a_single_node(repo: Path, edit: Edit) -> None:
 def test_infinity_serves_embeddings_only(repo: Path, edit: Edit) -> None:
     edit(EMBED, "kind: embedding", "kind: chat")
     assert problems(repo) == [
-        f"{EMBED}: framework: infinity serves embedding models only, but kind is chat; use vllm"
+        f"{EMBED}: framework: infinity serves embedding or rerank models only, but kind is chat; "
+        "use vllm"
     ]
 
 

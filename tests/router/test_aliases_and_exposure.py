@@ -137,8 +137,9 @@ async def test_embeddings_with_a_chat_model_is_a_400_saying_where_it_is(
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("model", "wrong_operation")
     assert error["message"] == (
-        f"The model '{TINY_ALIAS}' is a chat model: it answers /chat/completions and "
-        "/completions under /resource_server/local/vllm/v1, not /v1/embeddings."
+        f"The model '{TINY_ALIAS}' is a chat model: it answers /chat/completions, /completions, "
+        "/responses, /messages, /tokenize, /detokenize under /resource_server/local/vllm/v1, "
+        "not /v1/embeddings."
     )
     assert harness.endpoint.submitted == []
 

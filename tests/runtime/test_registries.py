@@ -60,6 +60,12 @@ _VLLM_AGENT = ["--middleware", "node_runtime.dialout.DialOut"]
             + ["--runner", "pooling", *_VLLM_AGENT],
         ),
         (
+            "vllm",
+            "rerank",
+            ["/p/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/w", *_HEAD]
+            + ["--runner", "pooling", *_VLLM_AGENT],
+        ),
+        (
             "infinity",
             "embed",
             ["/p/python", "-m", "node_runtime.dialout.wrap_uvicorn", "infinity_emb.cli", "v2"]
@@ -79,6 +85,8 @@ def test_each_framework_starts_its_server_with_the_specs_args_last(
         ("vllm", "generate", ("/v1/completions", {"prompt": "ready?", "max_tokens": 1})),
         ("vllm", "embed", ("/v1/embeddings", {"input": ["ready?"]})),
         ("infinity", "embed", ("/v1/embeddings", {"input": ["ready?"]})),
+        ("vllm", "rerank", ("/v1/rerank", {"query": "ready?", "documents": ["ready?"]})),
+        ("infinity", "rerank", ("/v1/rerank", {"query": "ready?", "documents": ["ready?"]})),
     ],
 )
 def test_each_framework_is_probed_with_one_real_request(
@@ -92,9 +100,15 @@ def test_the_runtime_forwards_any_frameworks_operation() -> None:
     assert frameworks.framework("infinity").operations < frameworks.framework("vllm").operations
     assert sorted(ROUTES) == [
         ("GET", "/v1/models"),
+        ("POST", "/detokenize"),
+        ("POST", "/tokenize"),
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/completions"),
         ("POST", "/v1/embeddings"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/rerank"),
+        ("POST", "/v1/responses"),
+        ("POST", "/v1/score"),
     ]
 
 

@@ -40,7 +40,7 @@ def test_round_trip() -> None:
     [
         ({"spec_version": 2}, "'spec_version' is 2"),
         ({"framework": "tgi"}, "'framework' is 'tgi': use one of vllm, infinity"),
-        ({"task": "rerank"}, "'task' is 'rerank'"),
+        ({"task": "classify"}, "'task' is 'classify'"),
         ({"framework": "infinity", "task": "generate"}, "Infinity only serves embeddings"),
         ({"weights": "models/llama"}, "'weights' is 'models/llama': give an absolute path"),
         ({"port": 70000}, "'port' is 70000"),

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ..spec import ServerSpec
 
 Operation = tuple[str, str]  # (HTTP method, OpenAI path)
+# Where a cross-encoder's readiness probe goes: both frameworks serve rerank here.
+RERANK_PROBE = "/v1/rerank"
 
 
 class UnknownFrameworkError(ValueError):

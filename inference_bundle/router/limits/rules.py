@@ -134,6 +134,12 @@ class Rules:
         return tuple(counters)
 
 
+# The operations that generate tokens, and the fields other operations read as input.
+GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
+_INPUT_KEYS = ("input", "text", "query", "documents", "text_1", "text_2", "queries", "prompt",
+               "messages")  # fmt: skip
+
+
 def estimate(path: str, body: dict[str, Any], settings: LimitsSettings) -> Cost:
     """What a request will cost, at most as far as can be told before the backend counts.
 
@@ -145,12 +151,16 @@ def estimate(path: str, body: dict[str, Any], settings: LimitsSettings) -> Cost:
     if path in ("/v1/chat/completions", "/v1/responses", "/v1/messages"):
         messages = body.get("messages", body.get("input"))
         count = len(messages) if isinstance(messages, list) else 1
-        prompt = _tokens(messages, settings) + PER_MESSAGE_TOKENS * count
+        # Messages' system prompt and Responses' instructions are outside the messages.
+        preamble = [body.get("system"), body.get("instructions")]
+        prompt = _tokens([messages, preamble], settings) + PER_MESSAGE_TOKENS * count
     elif path == "/v1/completions":
         prompt = _tokens(body.get("prompt"), settings)
     else:
-        prompt = _tokens(body.get("input", body.get("text")), settings)
-    if path not in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"):
+        # Embeddings' input; rerank's query and documents; score's texts; the tokenizer's
+        # prompt or messages.
+        prompt = _tokens([body.get(key) for key in _INPUT_KEYS], settings)
+    if path not in GENERATING:
         return Cost(prompt, 0)
     asked = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
     per_choice = _count(asked) or settings.default_max_tokens
