@@ -12,7 +12,9 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SENTENCES = [
     "Hello, how are you today?",
@@ -24,13 +26,21 @@ SENTENCES = [
     "user assistant system tool message content role",
     "0123456789 !?.,;:'\"()[]{}<>/-_+=*&^%$#@~`|\\",
 ]
-SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>"]
+# <tool_call> and </tool_call> are the markers vLLM's hermes tool parser looks up in the
+# vocabulary (endpoints/local/tiny-chat.yaml names that parser).
+SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<tool_call>", "</tool_call>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
+    "{% elif message['content'] %}{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    # An assistant's tool calls (content null) and a tool's result render as text, so that a
+    # tool-call round trip goes through the template.
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "<tool_call>{{ call['function']['name'] }} {{ call['function']['arguments'] }}</tool_call>"
     "{% endfor %}{% endif %}</s>"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -74,25 +84,31 @@ def make(out: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    save_atomically(out, model, tokenizer)
 
+
+def save_atomically(out: Path, *parts: Any) -> None:
+    """Each part's ``save_pretrained`` (weights as safetensors) into a folder beside ``out``,
+    which then replaces ``out``: a stopped run leaves the old model or none, never half."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         staging = Path(tmp) / "model"
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        for part in parts:
+            part.save_pretrained(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str], make: Callable[[Path], None], what: str) -> int:
+    """The command line of every tiny model script: one argument, the output folder."""
     if len(argv) != 2:
         print(f"usage: {argv[0]} OUTPUT_DIR", file=sys.stderr)
         return 2
     make(Path(argv[1]))
-    print(f"tiny model written to {argv[1]}")
+    print(f"{what} written to {argv[1]}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run(sys.argv, make, "tiny model"))

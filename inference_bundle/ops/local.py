@@ -7,6 +7,7 @@ second deploy with the same input changes nothing and `make stop` finds everythi
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import threading
@@ -61,8 +62,11 @@ def deploy(root: Path, cluster: str, port: int | None, say: Say = print) -> None
     run.folder.mkdir(parents=True, exist_ok=True)
     run.settings_file.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True))
     start_router(run, catalog, url, say)
-    for entry in catalog.enabled():
-        _first_answer(router, cluster, entry, say)
+    # The models start side by side: the cold starts overlap rather than add up.
+    entries = list(catalog.enabled())
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(entries))) as pool:
+        for started in [pool.submit(_first_answer, router, cluster, e, say) for e in entries]:
+            started.result()  # a model that did not answer: its DeployError
     run.fingerprint_file.write_text(deployed)
     say(f"{cluster}: deployed; every model answered.")
     _print_usage(say, url, cluster, catalog, key, run)
@@ -93,6 +97,9 @@ def _first_answer(router: RouterClient, cluster: str, entry: CatalogEntry, say: 
     body: dict[str, Any] = {"model": ep.name}
     if ep.kind == "embedding":
         path, body["input"] = f"{base}/embeddings", "ready?"
+    elif ep.kind == "rerank":
+        path = f"{base}/rerank"
+        body |= {"query": "ready?", "documents": ["ready?"]}
     else:
         path = f"{base}/chat/completions"
         body |= {"messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}

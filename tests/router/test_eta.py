@@ -109,7 +109,7 @@ async def test_jobs_and_list_endpoints_show_the_plan(make_harness: Callable[...,
     at = datetime.fromtimestamp(planned, UTC).isoformat()
     assert (queued["estimated_start"], queued["estimated_ready_at"]) == (at, at)
     assert IN_TEN_MINUTES - 5 <= queued["estimated_wait_s"] <= IN_TEN_MINUTES + 1
-    [tiny] = listed["clusters"]["local"]["frameworks"]["vllm"]["models"]
+    tiny = listed_model(listed, TINY)
     assert tiny["job"]["job_id"] == "81.sophia-pbs" and tiny["job"]["state"] == "queued"
     assert (tiny["estimated_start"], tiny["queue_position"]) == (at, 2)
     assert eta_cell(tiny).startswith(f"start {hh_mm(planned)} #2, ready ~{hh_mm(planned)} (in ")
@@ -123,7 +123,7 @@ async def test_the_router_remembers_how_long_a_start_took(
     async with h.client:
         await post(h, json.dumps({"model": TINY, "messages": HELLO}).encode())
         listed = (await h.client.get("/resource_server/list-endpoints", headers=h.auth)).json()
-    [tiny] = listed["clusters"]["local"]["frameworks"]["vllm"]["models"]
+    tiny = listed_model(listed, TINY)
     assert tiny["state"] == "ready" and 0.2 <= tiny["last_start_s"] <= 5
     assert tiny["estimated_ready_at"] is None  # ready: nothing to estimate
     assert last_start_cell(tiny) == f"{round(tiny['last_start_s'])} s"
@@ -208,3 +208,10 @@ def test_what_the_estimate_says() -> None:
     assert " UTC on " in far.sentence()  # another day: the date too
     assert estimate(status(ModelState.QUEUED, NOW, None), None, NOW).sentence() == ""
     assert eta_cell({}) == "-" and last_start_cell({}) == "-"
+
+
+def listed_model(listed: dict[str, Any], name: str) -> dict[str, Any]:
+    """One model's row in /list-endpoints' local vLLM models."""
+    models = listed["clusters"]["local"]["frameworks"]["vllm"]["models"]
+    [row] = [m for m in models if m["id"] == name]
+    return row  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from inference_bundle.router.routes import Route, RouteTable
 from inference_bundle.router.store import open_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY_CHAT = "local/tiny-llama"
 
 
 class Recorded:
@@ -60,7 +61,7 @@ def test_batch_engines_start_ahead_for_batch_models_only(tmp_path: Path) -> None
 
 def test_an_executor_started_while_the_router_stops_is_stopped_too() -> None:
     [route] = [
-        r for r in RouteTable([load_catalog(ROOT, "local")]).routes() if r.framework == "vllm"
+        r for r in RouteTable([load_catalog(ROOT, "local")]).routes() if r.model == TINY_CHAT
     ]
     entered, release = threading.Event(), threading.Event()
     made: list[Recorded] = []
