@@ -34,6 +34,7 @@ from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.limits.reload import check_limits
 from inference_bundle.router.maintenance import Maintenance
 from inference_bundle.router.metrics import Metrics, metrics_token
+from inference_bundle.router.placement import Placement
 from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.states import StateTracker
 from inference_bundle.router.store import Database, open_database
@@ -51,6 +52,7 @@ class RouterService:
     job_listing: JobListing
     batches: BatchService
     limiter: Limiter
+    placement: Placement  # which cluster a request on the one base URL goes to
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics_token: str | None = None  # what GET /metrics asks for when metrics.access is key
     config_path: Path | None = None  # the settings file, reread for new limits
@@ -138,8 +140,21 @@ def build_service(
         closers=closers,
         batches=batches,
         limiter=limiter,
+        placement=_placement(tracker, dispatcher),
         metrics_token=metrics_token(settings.metrics, state_dir),
         config_path=config_path,
+    )
+
+
+def _placement(tracker: StateTracker, dispatcher: Dispatcher) -> Placement:
+    """Where a model is hot: the tracker's states, the data plane's connections, the
+    scheduler's estimates and the maintenance windows (``router.placement``)."""
+    plane = dispatcher.plane
+    return Placement(
+        tracker,
+        maintenance=dispatcher.maintenance,
+        connected=None if plane is None else lambda route: plane.pick(route) is not None,
+        eta_of=dispatcher.eta,
     )
 
 

@@ -1,4 +1,5 @@
-"""OpenAI's operations: chat completions, completions and embeddings, streamed or whole.
+"""The model operations: OpenAI's chat, completions, Responses and embeddings, Anthropic's
+Messages, rerank and score, and the tokenizer; streamed or whole.
 
 Streams are ``streams.py``'s; how an answer is named, shaped and recorded, ``answers.py``'s.
 """
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from inference_bundle.config.frameworks import FRAMEWORKS
-from inference_bundle.router.api import streams
+from inference_bundle.router.api import placing, streams
 from inference_bundle.router.api.answers import TICKET, USAGE_STREAMS, answer_body, record
 from inference_bundle.router.api.common import authenticate, bound_route, read_json
 from inference_bundle.router.auth import allowed_routes, check_access
@@ -28,9 +29,10 @@ from inference_bundle.router.routes import check_framework, check_operation
 from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
 
-# Every POST operation some framework serves (config/frameworks.py), by its URL tail.
+# Every POST operation some framework serves (config/frameworks.py), by its URL tail after a
+# base URL's /v1: "chat/completions", and "tokenize" for the tokenizer at vLLM's root.
 OPERATION_PATHS = {
-    path.removeprefix("/v1/"): path
+    path.removeprefix("/v1/").lstrip("/"): path
     for info in FRAMEWORKS.values()
     for path in info.paths
     if path != "/v1/models"
@@ -61,14 +63,15 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     request_id = uuid.uuid4().hex[:16]
     request.state.request_id = request_id
     caller = await authenticate(service.authenticator, request)
-    cluster = request.path_params.get("cluster")
     framework = request.path_params.get("framework")
     body = await read_json(request, service.settings.max_body_bytes)
     parsed = validate(path, body)
     auth = service.settings.auth
     # Access before any word on where the model is served: a caller who may not use it
     # learns nothing more than its name, which they typed.
-    route = service.table.lookup(parsed.model, cluster, None, allowed_routes(caller, auth))
+    # The cluster the URL or the pin header names; on /v1, the best of those serving it.
+    placed = await placing.place(service, request, parsed.model, path, allowed_routes(caller, auth))
+    route = placed.route
     check_access(caller, auth, route.cluster, route.entry.endpoint.groups)
     check_operation(route, parsed.model, path)
     if framework is not None:
@@ -96,6 +99,7 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
                 cost=None, counters=(),
             )  # fmt: skip
         err.headers.setdefault("X-Request-Id", request_id)
+        err.headers.setdefault(placing.CLUSTER_HEADER, route.cluster)
         record(service, context, err.status, began, None)
         raise
     context[TICKET] = ticket
@@ -109,29 +113,37 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     runtime_request = {"method": "POST", "path": path, "body": forward}
     if service.settings.log_prompts:
         context["body"] = forward
-    headers = {"X-Request-Id": request_id}
+    # The placement moves the request on while nothing was answered; headers then follow.
+    headers = {"X-Request-Id": request_id, placing.CLUSTER_HEADER: route.cluster}
     if parsed.stream:
-        plane = service.dispatcher.plane
-        if plane is not None and plane.pick(route) is not None:
+        try:
             # Connected: the server's own status and events, nothing to wait for.
-            try:
-                outcome = await service.dispatcher.stream(route, runtime_request, None)
-            except APIError as err:
-                record(service, context, err.status, began, None)
-                raise
-            return await streams.streamed_response(
-                service, outcome, path, include_usage, began, context, parsed.model, headers
+            outcome = await placed.stream(runtime_request, context, headers)
+        except APIError as err:
+            record(service, context, err.status, began, None)
+            raise
+        route, runtime_request = placed.route, placed.request_for(runtime_request)
+        if outcome is not None:
+            return placed.watched(
+                await streams.streamed_response(
+                    service, outcome, path, include_usage, began, context, parsed.model, headers
+                )
             )
         events = streams.waiting_stream(
             service, route, runtime_request, path, include_usage, began, context, parsed.model
         )
-        return StreamingResponse(
-            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+        return placed.watched(
+            StreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **headers},
+            )
         )
     try:
         answer = await _unless_client_leaves(
-            request, service.dispatcher.send(route, runtime_request, on_wait=None)
+            request, placed.send(runtime_request, context, headers)
         )
+        route = placed.route
     except APIError as err:
         record(service, context, err.status, began, None)
         raise
