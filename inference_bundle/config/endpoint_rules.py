@@ -41,6 +41,9 @@ def endpoint_problems(
         problems += _gpu_problems(ep, file, profile)
     if usable("batch", "nodes") and ep.batch and ep.nodes > 1:
         add("batch", f"batches need a single-node model but nodes is {ep.nodes}; set batch: false")
+    if usable("batch", "kind") and ep.batch and ep.kind == "rerank":
+        # Batch lines are chat, completions or embeddings requests (router.batches).
+        add("batch", "batches take generation and embedding models, not rerank; set batch: false")
     if usable("framework", "kind"):
         problems += _kind_problems(ep, file)
     if usable("framework") and ep.framework not in profile.runtimes:

@@ -72,8 +72,28 @@ def validate(path: str, body: Any) -> _OpenAIRequest:
         else:
             message = f"Invalid value for '{param}': {first['msg']}."
         raise APIError(400, message, param=param, code="invalid_value") from None
+    if path == "/v1/score":
+        check_score_pairs(body)
     check_media_urls(body)
     return parsed
+
+
+# vLLM's /v1/score takes its two sides under one of these pairs of names (1:1, 1:N or N:N).
+SCORE_PAIRS = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"),
+               ("data_1", "data_2"))  # fmt: skip
+
+
+def check_score_pairs(body: dict[str, Any]) -> None:
+    """The 400 for a score request that names neither side of any pair."""
+    if any(first in body and second in body for first, second in SCORE_PAIRS):
+        return
+    names = ", ".join(f"'{a}' and '{b}'" for a, b in SCORE_PAIRS)
+    raise APIError(
+        400,
+        f"A score request compares two sides: send one of {names}.",
+        param="text_1",
+        code="invalid_value",
+    )
 
 
 # Where a request names a picture, a recording or a video by URL (OpenAI's chat and

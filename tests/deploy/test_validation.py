@@ -63,6 +63,14 @@ def test_batch_needs_a_single_node(repo: Path, edit: Edit) -> None:
     ]
 
 
+def test_a_reranker_takes_no_batches(repo: Path, edit: Edit) -> None:
+    path = "endpoints/local/tiny-reranker.yaml"
+    edit(path, "batch: false", "batch: true")
+    assert problems(repo, "local") == [
+        f"{path}: batch: batches take generation and embedding models, not rerank; set batch: false"
+    ]
+
+
 def test_infinity_serves_embeddings_only(repo: Path, edit: Edit) -> None:
     edit(EMBED, "kind: embedding", "kind: chat")
     assert problems(repo) == [

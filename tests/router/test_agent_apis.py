@@ -227,3 +227,14 @@ async def test_an_image_url_that_is_no_data_or_http_url_is_a_400(
     assert (error["param"], error["code"]) == ("image_url", "invalid_value")
     assert error["message"].endswith(f"or an http(s) URL, not {given}.")
     assert apis.endpoint.submitted == []
+
+
+async def test_a_score_without_its_two_sides_is_a_400_naming_them(apis: Harness) -> None:
+    response = await apis.client.post(
+        "/v1/score", json={"model": "local/tiny-reranker", "text_1": "q"}, headers=apis.auth
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "A score request compares two sides: send one of 'text_1' and 'text_2', "
+    )
+    assert apis.endpoint.submitted == []
