@@ -51,7 +51,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("node-state")
 
 
-def _stop(spec: Spec) -> None:
+def stop_checked(spec: Spec) -> None:
+    """Stop the spec's server and check that none of its processes is left."""
     node_runtime.stop_server(node_runtime.ServerSpec.from_dict(spec))
     root = ServerPaths.for_model(spec["state_dir"], spec["name"]).root
     time.sleep(0.2)  # the watchdog's exit after its SIGTERM
@@ -64,7 +65,7 @@ def _stop(spec: Spec) -> None:
 def chat_spec(state_dir: Path) -> Iterator[Spec]:
     spec = vllm_spec("tiny-chat", state_dir)
     yield spec
-    _stop(spec)
+    stop_checked(spec)
 
 
 @pytest.fixture(scope="session")
@@ -87,4 +88,4 @@ def embed_specs(state_dir: Path) -> Iterator[tuple[Spec, Spec]]:
     )
     yield specs
     for spec in specs:
-        _stop(spec)
+        stop_checked(spec)
