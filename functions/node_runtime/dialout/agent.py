@@ -17,20 +17,18 @@ the server's in-flight marker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
-import ssl
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from .. import __version__, wire
 from ..state import ServerPaths, hold_in_flight, release_in_flight
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
+from .link import Link, Stream
 
 __all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
 
@@ -47,101 +45,6 @@ if not log.handlers:
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[..., Awaitable[None]]
 _POLL_S = 0.5
-_FIRST_BACKOFF_S = 0.2
-_MAX_BACKOFF_S = 5.0
-_REFUSED = (401, 403)  # the router does not take this credential: wait for a new one
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-
-
-@dataclass
-class _Stream:
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    body_taken: bool = False
-    started: bool = False
-
-
-class _Link:
-    """The connection to one router: dialled, served, and dialled again until hung up."""
-
-    def __init__(self, agent: Agent, dial: Dial) -> None:
-        self.agent = agent
-        self.dial = dial
-        self.changed = asyncio.Event()  # the file gave this URL a new dial
-        self.refused: str | None = None  # the credential this router refused
-        self.connection: Any = None
-        self.streams: dict[int, _Stream] = {}  # stream ids are the router's: one set a link
-        self.closing = False
-        self.task = asyncio.create_task(self.run())
-
-    def offer(self, dial: Dial) -> None:
-        """The dial file's current entry for this URL: used at the next dial."""
-        if dial != self.dial:
-            self.dial = dial
-            self.changed.set()
-
-    async def run(self) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus, WebSocketException
-
-        delay = _FIRST_BACKOFF_S
-        while not self.closing:
-            if self.dial.token == self.refused:
-                await self.changed.wait()  # a task brings a new credential, or never
-            self.changed.clear()
-            dial = self.dial
-            try:
-                async with connect(
-                    wire.websocket_url(dial.url),
-                    additional_headers=self.agent.headers(dial),
-                    compression=None,  # about a fifth of the relay's CPU, for JSON that is small
-                    max_size=None,
-                    ping_interval=20,
-                    ping_timeout=20,
-                    open_timeout=10,
-                    ssl=_ssl_context(dial) if dial.url.startswith("https://") else None,
-                    proxy=None if _loopback(dial.url) else True,
-                ) as connection:
-                    log.warning("dialout: connected to %s as %s", dial.url, dial.endpoint)
-                    delay = _FIRST_BACKOFF_S
-                    self.connection = connection
-                    await self.agent.serve(connection, self.streams)
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in _REFUSED:
-                    log.warning(
-                        "dialout: %s refused this server's credential (HTTP %s); it is dialled "
-                        "again once a task of that router brings a new one",
-                        dial.url,
-                        status,
-                    )
-                    self.refused = dial.token
-                    continue
-                log.warning("dialout: %s refused this server (HTTP %s)", dial.url, status)
-            except (OSError, TimeoutError, WebSocketException) as exc:
-                log.warning("dialout: connection to %s lost or failed: %r", dial.url, exc)
-            except Exception:  # a bad dial or record: say so, and never stop dialling
-                log.exception("dialout: unexpected failure on the connection to %s", dial.url)
-            finally:
-                self.connection = None
-                for stream in self.streams.values():
-                    stream.cancelled.set()  # their clients were told by the router
-            if not self.closing:
-                # A new credential cuts the backoff short.
-                # (asyncio's own TimeoutError: the runtime supports Python 3.10)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), delay)
-                delay = min(delay * 2, _MAX_BACKOFF_S)
-
-    async def hang_up(self) -> None:
-        """Say goodbye (the router forgets this server's credential) and stop dialling."""
-        self.closing = True
-        connection = self.connection
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.send(json.dumps({"type": "bye"}))
-                await connection.close()
-        self.task.cancel()
-        await asyncio.wait({self.task})
 
 
 class Agent:
@@ -153,7 +56,7 @@ class Agent:
         self.paths = ServerPaths(self.folder)
         self.server_id = server_id
         self._inherited: dict[str, Any] = {}
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._in_flight = 0
@@ -201,7 +104,7 @@ class Agent:
                 return
             link = self._links.get(url)
             if link is None:
-                self._links[url] = _Link(self, dial)
+                self._links[url] = Link(self, dial)
             else:
                 link.offer(dial)
 
@@ -215,14 +118,14 @@ class Agent:
             (wire.RUNTIME_HEADER, __version__),
         ]
 
-    async def serve(self, connection: Any, streams: dict[int, _Stream]) -> None:
+    async def serve(self, connection: Any, streams: dict[int, Stream]) -> None:
         """Run each request that comes down ``connection`` in a task of its own."""
         async for message in connection:
             if isinstance(message, str):
                 continue  # no control messages travel this way yet
             kind, stream_id, payload = wire.unpack(message)
             if kind == wire.REQUEST:
-                stream = streams[stream_id] = _Stream()
+                stream = streams[stream_id] = Stream()
                 task = asyncio.create_task(
                     self._run(connection, streams, stream_id, stream, payload)
                 )
@@ -236,9 +139,9 @@ class Agent:
     async def _run(
         self,
         connection: Any,
-        streams: dict[int, _Stream],
+        streams: dict[int, Stream],
         stream_id: int,
-        stream: _Stream,
+        stream: Stream,
         payload: bytes,
     ) -> None:
         """Run one request against the application; send its answer back as it comes."""
@@ -295,7 +198,7 @@ class Agent:
             streams.pop(stream_id, None)
             self._end()
 
-    async def _send(self, connection: Any, stream: _Stream, record: bytes) -> None:
+    async def _send(self, connection: Any, stream: Stream, record: bytes) -> None:
         """Send one record; a connection that is gone cancels the request instead."""
         if stream.cancelled.is_set():
             return
@@ -351,13 +254,3 @@ def _content_type(message: Message) -> str:
         if name.lower() == b"content-type":
             return bytes(value).decode("latin-1")
     return "application/json"
-
-
-def _ssl_context(dial: Dial) -> ssl.SSLContext:
-    """Trust the router's CA file when the deployment names one, else the system's CAs."""
-    return ssl.create_default_context(cafile=dial.ca_file)
-
-
-def _loopback(url: str) -> bool:
-    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-    return host in _LOOPBACK
