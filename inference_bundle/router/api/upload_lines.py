@@ -72,6 +72,19 @@ def _request_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
     number = 0
     pending: list[bytes] = []  # a line not ended yet, in pieces: joined once, when it ends
     while block := handle.read(BLOCK):
+        if not block.strip():
+            # Only blank: it ends the line pending, if any, and adds blank lines. Counted
+            # in two short C calls: splitting it would hold the interpreter lock for
+            # milliseconds at a time, and the event loop's every step waits for it.
+            if b"\n" not in block:
+                pending.append(block)
+                continue
+            last = b"".join([*pending, block[: block.find(b"\n")]])
+            if last.strip():
+                yield number + 1, last
+            number += block.count(b"\n")
+            pending = [block[block.rfind(b"\n") + 1 :]]
+            continue
         cut = block.rfind(b"\n")
         if cut < 0:
             pending.append(block)
