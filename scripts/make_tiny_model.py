@@ -51,7 +51,7 @@ def make(out: Path) -> None:
     """Write tokenizer, config and seeded random weights to `out` (replaced atomically)."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
@@ -67,7 +67,17 @@ def make(out: Path) -> None:
     )
     tokenizer.chat_template = CHAT_TEMPLATE
 
-    config = LlamaConfig(
+    config = llama_config(tokenizer, 512, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    save_atomically(out, model, tokenizer)
+
+
+def llama_config(tokenizer: Any, positions: int, **extra: Any) -> Any:
+    """The tiny Llama's shape (the chat model's, and the vision model's language half)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,
@@ -75,16 +85,13 @@ def make(out: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=4,
         head_dim=32,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        **extra,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    save_atomically(out, model, tokenizer)
 
 
 def save_atomically(out: Path, *parts: Any) -> None:

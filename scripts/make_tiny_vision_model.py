@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from make_tiny_model import SENTENCES, SPECIAL_TOKENS, run, save_atomically
+from make_tiny_model import SENTENCES, SPECIAL_TOKENS, llama_config, run, save_atomically
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
@@ -58,7 +58,6 @@ def make(out: Path) -> None:
         Idefics3ForConditionalGeneration,
         Idefics3ImageProcessorPil,
         Idefics3Processor,
-        LlamaConfig,
         PreTrainedTokenizerFast,
     )
     from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
@@ -101,20 +100,7 @@ def make(out: Path) -> None:
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        head_dim=32,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    text = llama_config(tokenizer, 1024)
     config = Idefics3Config(
         vision_config=vision,
         text_config=text,
