@@ -24,6 +24,8 @@ from node_runtime.state import ServerPaths, ServerState, read_state
 
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
+from inference_bundle.router.dataplane.connections import server_label
+from tests.e2e_router import MINILM, SHARED_ROUTER, TINY, RunningRouter
 
 CHAT = "/resource_server/local/vllm/v1/chat/completions"
 COMPLETIONS = "/resource_server/local/vllm/v1/completions"
@@ -190,10 +192,26 @@ def wait_connected(
     deadline = time.monotonic() + timeout_s
     while True:
         servers = connected_servers(url, key, model, verify)
-        if servers and (server_id is None or server_id in {s["server_id"] for s in servers}):
+        labels = {s["server"] for s in servers}
+        if servers and (server_id is None or server_label(server_id) in labels):
             return servers
         assert time.monotonic() < deadline, f"no server of {model} dialled in: {servers}"
         time.sleep(0.3)
+
+
+def both_models_connected(router: RunningRouter) -> RunningRouter:
+    """``router`` once both local models' servers are up and dialled in to it."""
+    for path, body in ((CHAT, short_chat(TINY)), (EMBEDDINGS, embedding(MINILM))):
+        answer = post(router.url, router.key, path, body)
+        assert answer.status_code == 200, answer.text
+    wait_connected(router.url, router.key, TINY)
+    wait_connected(router.url, router.key, MINILM)
+    return router
+
+
+def shared_log(router: RunningRouter) -> Path:
+    """The session's shared router's log (its access log among it)."""
+    return router.root / ".state" / f"{SHARED_ROUTER}.log"
 
 
 def server_paths(root: Path, model: str) -> ServerPaths:

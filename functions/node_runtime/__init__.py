@@ -58,7 +58,8 @@ Result envelope::
     {"runtime_version": str, "status": int, "body": <json>,
      "timings": {"start_wait_s": float, "latency_s": float},
      "server": "started" | "reused",
-     "node": {"host": str, "server_id": str}}   # when a server is up
+     "node": {"host": str, "server_id": str, "key": str}}   # when a server is up; "key"
+     # (0.7) is the digest of the secret its agent proves at each dial (dialout.node_key)
      # plus "sent": false (send false) or "expired": true (expires_at passed)
 
 The data plane (``node_runtime.dialout``, runtime 0.3): every server runs an agent in its
@@ -67,7 +68,8 @@ a WebSocket (``node_runtime.wire``) and runs the requests that come down it agai
 server's application, holding the same in-flight marker and last-use stamp as a request
 through ``handle``. Since 0.4 the dial file keeps one dial per router URL (several router
 replicas behind one site's address each hand the node their own) and the agent keeps a
-connection to each.
+connection to each. Since 0.7 bodies cross in bounded records with a window per stream,
+the line's liveness is heartbeats, and each dial proves the server's in-memory key.
 
 A batch job (0.4) honours a pause marker in the batch's folder
 (``batch_files.request_pause``): it ends with state "paused" after the lines in flight, and
@@ -87,10 +89,11 @@ invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 # Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
 # of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
 # "send" in the request; 0.4: a dial per router URL, a connection to each, and batches that
-# pause; 0.5: the scheduler's estimated start and queue position in the job listing): the
+# pause; 0.5: the scheduler's estimated start and queue position in the job listing; 0.6: the
+# newer APIs; 0.7: bounded records, windows, heartbeats and the server's key): the
 # router checks it on every call, and
 # a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 from .proxy import RequestError, handle  # noqa: E402
 from .server import (  # noqa: E402

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__, backend
 from .dialout.agent import write_dial
+from .dialout.node_key import read_node_key
 from .frameworks import all_operations
 from .server import ServerHandle, use_server
 from .spec import ServerSpec
@@ -151,7 +152,11 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
 
 
 def _node(server: ServerHandle) -> dict[str, Any]:
-    return {"host": socket.gethostname(), "server_id": server.server_id}
+    node = {"host": socket.gethostname(), "server_id": server.server_id}
+    key = read_node_key(Path(server.folder), server.server_id)
+    if key is not None:
+        node["key"] = key  # the digest the server's agent proves at each dial
+    return node
 
 
 def _envelope(

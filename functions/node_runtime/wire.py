@@ -2,15 +2,28 @@
 
 The node dials out (see ``node_runtime.dialout``); the router sends requests down the
 connection and the node sends each answer back as it is made. WebSocket does the framing;
-each binary message is one record: a 5-byte header (kind, stream id) and a payload. Records
-of many requests interleave on one connection, told apart by their stream id.
+each binary message is one record: a 5-byte header (kind, stream id) and a payload of at
+most ``MAX_PAYLOAD`` bytes. Records of many requests interleave on one connection, told
+apart by their stream id, so no body, however large, holds the line or exceeds a message
+bound: the largest message either side takes is ``MAX_MESSAGE``.
 
-    router -> node   REQUEST  JSON head {"method", "path"}, a newline, then the body bytes
-                     CANCEL   (empty) the client went away: abort the request
-    node -> router   START    JSON {"status", "content_type"}
-                     BODY     bytes of the answer, as the server wrote them
-                     END      (empty) the answer is complete
-                     FAIL     UTF-8 text: the answer broke off (the server failed mid-way)
+    router -> node   REQUEST   JSON head {"method", "path", "length", "window"}, a newline,
+                               then the body's first bytes
+                     BODY      more of the request's body, until ``length`` bytes came
+                     CANCEL    (empty) the client went away: abort the request
+                     WINDOW    4-byte count: the node may send that many more answer bytes
+    node -> router   START     JSON {"status", "content_type"}
+                     BODY      bytes of the answer, as the server wrote them
+                     END       (empty) the answer is complete
+                     FAIL      UTF-8 text: the answer broke off (the server failed mid-way)
+    both ways        HEARTBEAT (empty, stream 0) sent by the node every ``HEARTBEAT_S``, echoed
+
+Flow control is per stream: the node sends at most ``window`` answer bytes (the REQUEST
+head's) beyond those the router has granted back with WINDOW records as its client took
+them. A client that reads slowly holds back its own stream, never the line.
+
+Liveness is any record heard: a busy line is never dropped for a late pong. Each side hangs
+up on a line it has heard nothing from for ``SILENCE_S``.
 
 Text messages are control: the node sends ``{"type": "bye"}`` as its server stops, and
 the router then forgets the server's credential.
@@ -20,6 +33,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 CONNECT_PATH = "/node/v1/connect"
@@ -28,6 +43,8 @@ ENDPOINT_HEADER = "X-Bundle-Endpoint"
 SERVER_HEADER = "X-Bundle-Server"
 HOST_HEADER = "X-Bundle-Host"
 RUNTIME_HEADER = "X-Bundle-Runtime"
+# The server's proof: the secret whose SHA-256 the node's task reported (dialout.node_key).
+PROOF_HEADER = "X-Bundle-Proof"
 # The close code a refused node sees (4000 + HTTP's 403).
 REFUSED = 4403
 
@@ -37,6 +54,15 @@ START = 3
 BODY = 4
 END = 5
 FAIL = 6
+WINDOW = 7
+HEARTBEAT = 8
+
+MAX_PAYLOAD = 64 * 1024
+MAX_MESSAGE = 128 * 1024  # a record, its header and a REQUEST head, with room to spare
+STREAM_WINDOW = 256 * 1024  # the default window: what one stream may have buffered unread
+HEARTBEAT_S = 10.0
+SILENCE_S = 60.0
+_COUNT = struct.Struct("!I")
 
 _HEADER = struct.Struct("!BI")
 HEADER_SIZE = _HEADER.size
@@ -59,21 +85,49 @@ def unpack(record: bytes) -> tuple[int, int, bytes]:
     return kind, stream, record[HEADER_SIZE:]
 
 
-def request_record(stream: int, method: str, path: str, body: bytes) -> bytes:
-    """A REQUEST record."""
-    head = json.dumps({"method": method, "path": path}, separators=(",", ":")).encode()
-    return pack(REQUEST, stream, head + b"\n" + body)
+def records(kind: int, stream: int, data: bytes) -> Iterator[bytes]:
+    """``data`` as records of ``kind``, each payload at most MAX_PAYLOAD bytes."""
+    view = memoryview(data)
+    for offset in range(0, len(view), MAX_PAYLOAD):
+        yield _HEADER.pack(kind, stream) + view[offset : offset + MAX_PAYLOAD]
 
 
-def parse_request(payload: bytes) -> tuple[str, str, bytes]:
-    """(method, path, body) of a REQUEST record's payload."""
+@dataclass(frozen=True)
+class RequestHead:
+    """What a REQUEST record says before the body: the call, the body's length, the window."""
+
+    method: str
+    path: str
+    length: int
+    window: int
+
+
+def request_records(
+    stream: int, method: str, path: str, body: bytes, window: int = STREAM_WINDOW
+) -> list[bytes]:
+    """A REQUEST record with as much of the body as fits, then BODY records for the rest."""
+    fields = {"method": method, "path": path, "length": len(body), "window": window}
+    head = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+    first = max(0, MAX_PAYLOAD - len(head))
+    return [pack(REQUEST, stream, head + body[:first]), *records(BODY, stream, body[first:])]
+
+
+def parse_request(payload: bytes) -> tuple[RequestHead, bytes]:
+    """(head, the body's first bytes) of a REQUEST record's payload."""
     head, sep, body = payload.partition(b"\n")
     if not sep:
         raise WireError("a REQUEST record without its head line")
-    fields: Any = json.loads(head)
+    try:
+        fields: Any = json.loads(head)
+    except ValueError:
+        raise WireError("a REQUEST record's head is not JSON") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("path"), str):
         raise WireError("a REQUEST record's head must name a path")
-    return str(fields.get("method", "POST")), fields["path"], body
+    length, window = fields.get("length", len(body)), fields.get("window", STREAM_WINDOW)
+    if not isinstance(length, int) or length < len(body) or not isinstance(window, int):
+        raise WireError("a REQUEST record's length and window must be whole numbers")
+    method = str(fields.get("method", "POST"))
+    return RequestHead(method, fields["path"], length, max(window, MAX_PAYLOAD)), body
 
 
 def start_record(stream: int, status: int, content_type: str) -> bytes:
@@ -83,9 +137,32 @@ def start_record(stream: int, status: int, content_type: str) -> bytes:
 
 
 def parse_start(payload: bytes) -> tuple[int, str]:
-    """(status, content type) of a START record's payload."""
-    fields: Any = json.loads(payload)
-    return int(fields["status"]), str(fields.get("content_type") or "application/json")
+    """(status, content type) of a START record's payload; WireError when malformed."""
+    try:
+        fields: Any = json.loads(payload)
+        status, content_type = fields["status"], fields.get("content_type")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise WireError("a START record that is not {status, content_type}") from None
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise WireError(f"a START record with status {status!r}")
+    if content_type is not None and not isinstance(content_type, str):
+        raise WireError("a START record whose content type is not a string")
+    return status, content_type or "application/json"
+
+
+def window_record(stream: int, count: int) -> bytes:
+    """A WINDOW record: ``count`` more answer bytes may come on ``stream``."""
+    return pack(WINDOW, stream, _COUNT.pack(count))
+
+
+def parse_window(payload: bytes) -> int:
+    """The count of a WINDOW record's payload."""
+    if len(payload) != _COUNT.size:
+        raise WireError("a WINDOW record's payload is not a 4-byte count")
+    return int(_COUNT.unpack(payload)[0])
+
+
+HEARTBEAT_RECORD = pack(HEARTBEAT, 0)
 
 
 def websocket_url(router_url: str) -> str:

@@ -172,6 +172,19 @@ class DataPlaneSettings(_Settings):
         gt=0,
         description="how long a server whose connection dropped may dial again with its credential",
     )
+    max_answer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="an answer read whole from a connection (not a stream) larger than this "
+        "fails that request alone with a 502 that names this setting",
+    )
+    stream_window_bytes: int = Field(
+        default=256 * 1024,
+        ge=64 * 1024,
+        le=16 * 1024 * 1024,
+        description="the answer bytes one request may have buffered in the router before its "
+        "server waits for its client: a slow client slows its own stream only",
+    )
 
 
 class LimitValues(_Settings):
@@ -290,6 +303,10 @@ class _RouterSettings(_Settings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     state_dir: str = Field(default=".state/router", description="logs, run dirs, records")
     log_prompts: bool = False
+    # Unless a group is named, the router's log and records are its account's only.
+    file_group: str | None = Field(default=None, description="may read the log and records")
+    # Off where the nodes' DNS sees names the router's does not (a split horizon).
+    check_media_hosts: bool = Field(default=True, description="400 for an unresolvable host")
     auth: AuthSettings
     batches: BatchSettings = BatchSettings()
     limits: LimitsSettings = LimitsSettings()

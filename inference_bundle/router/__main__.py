@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import uvicorn
+from node_runtime import wire
 
 from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
@@ -60,7 +61,12 @@ def main(config: Path, root: Path) -> None:
         # The nodes' connections: compression costs about a fifth of the relay's CPU.
         ws="websockets-sansio",
         ws_per_message_deflate=False,
-        ws_max_size=settings.max_body_bytes + 1024 * 1024,
+        # Bodies cross in bounded records (node_runtime.wire): no message is larger.
+        ws_max_size=wire.MAX_MESSAGE,
+        # Liveness is any record heard, with the node's heartbeats: a late pong on a busy
+        # line must not cut every request on it.
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
         ssl_certfile=_from_root(root, listen.tls_cert),
         ssl_keyfile=_from_root(root, listen.tls_key),
         timeout_graceful_shutdown=5,

@@ -21,11 +21,12 @@ from typing import Any
 
 from node_runtime.entrypoints import serve
 
-from inference_bundle.router.dataplane.connections import NodeConnection, NodeGone
+from inference_bundle.router.dataplane.connections import AnswerTooLarge, NodeConnection, NodeGone
 from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.dispatch_answers import Answer, Streamed, decode_body
 from inference_bundle.router.dispatch_errors import (
     RETRY_AFTER_S,
+    answer_too_large,
     request_timeout_s,
     server_gone,
     still_starting,
@@ -64,6 +65,8 @@ EXPIRY_MARGIN_S = 5.0
 STREAM_KEYS = ("stream", "stream_options")
 # A task that only ensures the server (and hands it a credential): nothing is sent to it.
 _ENSURE = {"method": "GET", "path": "/v1/models", "body": None, "send": False}
+# A request whose line closes before its answer begins goes down another, or through a task.
+_CONNECTION_TRIES = 2
 
 log = logging.getLogger("router.dispatch")
 
@@ -106,7 +109,9 @@ class Dispatcher(JobLookup):
     async def send(self, route: Route, request: dict[str, Any], on_wait: OnWait | None) -> Answer:
         """A whole answer."""
         began = time.monotonic()
-        if self.plane is not None and (connection := self.plane.pick(route)) is not None:
+        for _ in range(_CONNECTION_TRIES):
+            if self.plane is None or (connection := self.plane.pick(route)) is None:
+                break
             answer = await self._over(connection, route, request, began)
             if answer is not None:
                 return answer
@@ -126,11 +131,14 @@ class Dispatcher(JobLookup):
                 envelope, cold = await self._task(route, ensure, on_wait, began)
                 start_wait = float(envelope.get("timings", {}).get("start_wait_s", 0.0))
                 connection = await self.plane.wait_for(route)
-            if connection is not None:
+            for _ in range(_CONNECTION_TRIES):
+                if connection is None:
+                    break
                 streamed = await self._open_stream(connection, route, request, began, cold)
                 if streamed is not None:
                     streamed.start_wait_s = start_wait
                     return streamed
+                connection = self.plane.pick(route)  # that line closed before the answer began
         return await self._through_task(route, _whole(request), on_wait, began)
 
     async def ensure(self, route: Route) -> dict[str, Any]:
@@ -148,16 +156,21 @@ class Dispatcher(JobLookup):
     async def _over(
         self, connection: NodeConnection, route: Route, request: dict[str, Any], began: float
     ) -> Answer | None:
-        """A whole answer down a connection; None if the connection was closed (not sent)."""
+        """A whole answer down a connection; None if the connection closed before the answer
+        began (the request may go elsewhere)."""
         streamed = await self._open_stream(connection, route, request, began, cold=False)
         if streamed is None:
             return None
+        assert self.plane is not None
         try:
             async with asyncio.timeout(request_timeout_s(route)):
-                raw = await streamed.relay.read()
+                raw = await streamed.relay.read(self.plane.settings.max_answer_bytes)
         except NodeGone as gone:
             streamed.finish(False)
             raise server_gone(route.model, gone) from None
+        except AnswerTooLarge as large:
+            streamed.finish(False)
+            raise answer_too_large(route, large.limit) from None
         except TimeoutError:
             streamed.relay.cancel()
             streamed.finish(False)
@@ -194,6 +207,9 @@ class Dispatcher(JobLookup):
                 status, content_type = await relay.start()
         except NodeGone as gone:
             self.tracker.finish(key, answered=False)
+            if gone.unsent:
+                log.warning("%s: a line closed before its answer began; sent again", route.model)
+                return None
             raise server_gone(route.model, gone) from None
         except TimeoutError:
             self.tracker.finish(key, answered=False)
@@ -259,7 +275,7 @@ class Dispatcher(JobLookup):
             if on_wait is not None:
                 await on_wait(status, waited, eta)
         try:
-            return waiting.result(), cold
+            envelope = waiting.result()
         except FunctionFailed as err:
             raise APIError(
                 502,
@@ -274,6 +290,9 @@ class Dispatcher(JobLookup):
                 type="server_error",
                 code="executor_failed",
             ) from None
+        if self.plane is not None:
+            self.plane.vouch(route, envelope)
+        return envelope, cold
 
     async def _executor(self, route: Route) -> Any:
         try:
@@ -291,22 +310,26 @@ class Dispatcher(JobLookup):
 
         The engine sees no task for requests that ride a connection; this one keeps it (and
         its scheduler job) from idling out while the model is used, and hands the server a
-        fresh credential for its next dial. No user waits for it.
+        key its server has (the router learns a restarted server's key so). It carries no
+        credential: the server is connected, and a credential written ahead of its need
+        would only wait in the node's files for someone to read it. No user waits for it.
         """
         assert self.plane is not None
         if not self.plane.refresh_due(route):
             return
-        request = {**_ENSURE, "dial": self.plane.dial(route)}
-        task = asyncio.create_task(self._refresh(route, request))
+        self.plane.refreshed(route)
+        task = asyncio.create_task(self._refresh(route, dict(_ENSURE)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _refresh(self, route: Route, request: dict[str, Any]) -> None:
         try:
             executor = await self._executor(route)
-            await asyncio.wrap_future(
+            envelope = await asyncio.wrap_future(
                 executor.submit(serve, self.runtime_version, route.spec, request)
             )
+            if self.plane is not None and isinstance(envelope, dict):
+                self.plane.vouch(route, envelope)
         except Exception as err:  # the next request's own task will say what is wrong
             log.warning("keeping %s's engine: %s", route.endpoint_name, err)
 

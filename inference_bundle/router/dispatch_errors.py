@@ -34,6 +34,17 @@ def too_slow(route: Route) -> APIError:
     )
 
 
+def answer_too_large(route: Route, limit: int) -> APIError:
+    """The 502 for a whole answer past the router's bound (that request alone fails)."""
+    return APIError(
+        502,
+        f"The answer of '{route.model}' is larger than this router's bound of {limit} bytes "
+        "(data_plane.max_answer_bytes); the request was cancelled. Ask for less, or stream it.",
+        type="server_error",
+        code="answer_too_large",
+    )
+
+
 def server_gone(model: str, gone: NodeGone) -> APIError:
     """The 502 for an answer that broke off at its server (a stream's last event)."""
     return APIError(

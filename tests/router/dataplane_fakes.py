@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 from node_runtime.dialout.agent import Agent, write_dial
+from node_runtime.dialout.node_key import digest
 
 from inference_bundle.router.app import create_app
 from inference_bundle.router.dataplane.plane import DataPlane
@@ -36,11 +37,34 @@ class PacedModel:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    hold_start: bool = False  # never begin an answer: wait for the request to be cancelled
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        message = await receive()
-        body = json.loads(message["body"])
+        raw = b""
+        while True:  # a large body arrives in parts, as the router's records bring it
+            message = await receive()
+            raw += message["body"]
+            if not message.get("more_body"):
+                break
+        body = json.loads(raw)
         self.seen.append(body)
+        if self.hold_start:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnected.set()
+            return
+        if "answer_bytes" in body:  # a whole answer of about that size
+            answer = {"object": "chat.completion", "received": len(raw), "pad": ""}
+            answer["pad"] = "x" * body["answer_bytes"]
+            await self._whole(send, json.dumps(answer).encode())
+            return
+        if "stream_bytes" in body:  # a stream of that many bytes of events, at once
+            await self._start(send, "text/event-stream")
+            event = b"data: " + b"y" * 4090 + b"\n\n"
+            for _ in range(body["stream_bytes"] // len(event)):
+                await send({"type": "http.response.body", "more_body": True, "body": event})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            return
         if body.get("refuse"):
             error = {
                 "error": {
@@ -90,6 +114,14 @@ class PacedModel:
             raise RuntimeError("the engine died")
         await self._event(send, body, 2)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def _start(self, send: Any, content_type: str) -> None:
+        headers = [(b"content-type", content_type.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _whole(self, send: Any, body: bytes) -> None:
+        await self._start(send, "application/json")
+        await send({"type": "http.response.body", "body": body})
 
     async def _event(self, send: Any, body: dict[str, Any], n: int) -> None:
         chunk = {"object": "chat.completion.chunk", "model": body["model"], "n": n}
@@ -173,6 +205,7 @@ async def serving(make_harness: Callable[..., Harness], tmp_path: Path) -> Async
         return make_harness(
             listen={"host": "127.0.0.1", "port": port},
             data_plane={"enabled": True, "connect_wait_s": 2, "refresh_s": 30},
+            max_body_bytes=16 * 1024 * 1024,  # bodies far larger than one record
             state_dir=str(tmp_path / f"router-{len(replicas)}"),
         )
 
@@ -184,6 +217,7 @@ async def serving(make_harness: Callable[..., Harness], tmp_path: Path) -> Async
         model = PacedModel()
         agent = Agent(model, str(folder), server_id)
         for router in routers or [first]:
+            vouch(router, server_id, agent)
             write_dial(
                 folder,
                 {
@@ -212,6 +246,13 @@ async def serving(make_harness: Callable[..., Harness], tmp_path: Path) -> Async
             for node in nodes:
                 await node.agent.stop()
                 node.task.cancel()
+
+
+def vouch(router: Router, server_id: str, agent: Agent) -> None:
+    """What the task that wrote a dial reports to its router: the server's key."""
+    router.plane.keys.vouch(
+        ENDPOINT, {"node": {"server_id": server_id, "key": digest(agent.secret)}}
+    )
 
 
 async def connected(plane: DataPlane, count: int = 1) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from node_runtime import wire
 
+from inference_bundle.router.dataplane.connections import server_label
 from tests.dataplane_e2e import (
     CHAT,
     COMPLETIONS,
@@ -24,6 +26,7 @@ from tests.dataplane_e2e import (
     LONG_TOKENS,
     access_record,
     assert_streamed_as_generated,
+    both_models_connected,
     connected_servers,
     dial,
     dial_file,
@@ -35,6 +38,7 @@ from tests.dataplane_e2e import (
     router_metrics,
     server_metrics,
     server_state,
+    shared_log,
     short_chat,
     timed_stream,
     via,
@@ -51,16 +55,11 @@ TINY_ALIAS = "local/tiny-llama-previous"
 @pytest.fixture(scope="module")
 def router(e2e_router: RunningRouter) -> RunningRouter:
     """The shared router, with both local models' servers up and dialled in."""
-    for path, body in ((CHAT, short_chat(TINY)), (EMBEDDINGS, embedding(MINILM))):
-        answer = post(e2e_router.url, e2e_router.key, path, body)
-        assert answer.status_code == 200, answer.text
-    wait_connected(e2e_router.url, e2e_router.key, TINY)
-    wait_connected(e2e_router.url, e2e_router.key, MINILM)
-    return e2e_router
+    return both_models_connected(e2e_router)
 
 
 def log_of(router: RunningRouter) -> Path:
-    return router.root / ".state" / f"{SHARED_ROUTER}.log"
+    return shared_log(router)
 
 
 def test_a_warm_chat_stream_reaches_the_client_as_it_is_generated(router: RunningRouter) -> None:
@@ -136,7 +135,7 @@ def test_a_stream_under_an_alias_is_named_as_asked(router: RunningRouter) -> Non
 
 def test_embeddings_ride_the_connection(router: RunningRouter) -> None:
     [server] = connected_servers(router.url, router.key, MINILM)
-    assert server["server_id"] == server_state(router.root, MINILM).server_id
+    assert server["server"] == server_label(server_state(router.root, MINILM).server_id)
     answers = [post(router.url, router.key, EMBEDDINGS, embedding(MINILM)) for _ in range(3)]
     assert all(a.status_code == 200 for a in answers)
     assert [len(d["embedding"]) for d in answers[0].json()["data"]] == [384, 384]
@@ -153,11 +152,12 @@ def test_jobs_show_each_models_connected_server(router: RunningRouter) -> None:
     )
     assert jobs.status_code == 200, jobs.text
     connected = {
-        job["model"]: [s["server_id"] for s in job["connected_servers"]]
+        job["model"]: [s["server"] for s in job["connected_servers"]]
         for job in jobs.json()["running"]
     }
     for model in (TINY, MINILM):
-        assert connected.get(model) == [server_state(router.root, model).server_id], jobs.json()
+        server_id = server_state(router.root, model).server_id
+        assert connected.get(model) == [server_label(server_id)], jobs.json()
 
 
 def test_a_client_that_hangs_up_stops_the_generation(router: RunningRouter) -> None:
@@ -205,32 +205,22 @@ def test_dials_without_a_credential_minted_for_that_endpoint_and_server_are_refu
     assert f"the credential is not for endpoint {tiny['endpoint']!r}" in log
 
 
-def test_a_credential_registers_its_own_server_only(router: RunningRouter) -> None:
+def test_a_copied_dial_file_does_not_let_another_server_in(router: RunningRouter) -> None:
+    """What a reader of the node's files has (the credential, the server's id) is refused:
+    the credential holds one connection, and a dial must prove the server's key."""
     tiny = dial_file(router.root, TINY)
     server_id = server_state(router.root, TINY).server_id
-    seen: list[list[dict[str, Any]]] = []
-
-    def listing() -> None:
-        seen.append(connected_servers(router.url, router.key, TINY))
-
-    # The server's latest credential (bound to it, or bound by this first dial) registers:
-    # the route lists a second connection of the same server while it is open.
-    headers = dial_headers(tiny["token"], tiny["endpoint"], server_id, "credential-test")
-    assert dial(router.url, headers, while_open=listing) is None
-    assert {"credential-test"} <= {s["host"] for s in seen[0]}
-    assert all(s["server_id"] == server_id for s in seen[0])
-    # Gone once hung up; the server's own connection stays.
-    deadline = time.monotonic() + 10
-    while (hosts := [s["host"] for s in connected_servers(router.url, router.key, TINY)]) != [
-        socket.gethostname()
-    ]:
-        assert time.monotonic() < deadline, hosts
-        time.sleep(0.2)
-    # Reused by another server: refused.
+    stolen = dial_headers(tiny["token"], tiny["endpoint"], server_id, "credential-test")
+    assert dial(router.url, stolen) == 403
+    assert dial(router.url, [*stolen, (wire.PROOF_HEADER, "0" * 64)]) == 403
     other = dial_headers(tiny["token"], tiny["endpoint"], "someone-else", "credential-test")
     assert dial(router.url, other) == 403
-    assert "the credential belongs to another server" in log_of(router).read_text()
-    # The real server still answers over its connection.
+    log = log_of(router).read_text()
+    assert "the dial does not prove the key its server's task reported" in log
+    assert "the credential belongs to another server" in log
+    # The real server keeps its one line and answers over it.
+    hosts = [s["host"] for s in connected_servers(router.url, router.key, TINY)]
+    assert hosts == [socket.gethostname()]
     answer = post(router.url, router.key, CHAT, short_chat(TINY))
     assert answer.status_code == 200 and via(log_of(router), answer) == "connection"
 

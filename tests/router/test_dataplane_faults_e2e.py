@@ -23,6 +23,7 @@ import httpx
 import pytest
 from node_runtime.state import read_state
 
+from inference_bundle.router.dataplane.connections import server_label
 from tests.dataplane_e2e import (
     CHAT,
     EMBEDDINGS,
@@ -112,7 +113,7 @@ def test_embeddings_go_through_a_task_then_ride_the_connection(faults: Faults) -
     first = faults.post(EMBEDDINGS, embedding(MINILM))
     assert via(faults.log, first) == "task"
     [server] = wait_connected(faults.router.url, faults.router.key, MINILM)
-    assert server["server_id"] == server_state(faults.root, MINILM).server_id
+    assert server["server"] == server_label(server_state(faults.root, MINILM).server_id)
     assert server["host"] == socket.gethostname()
     warm = [faults.post(EMBEDDINGS, embedding(MINILM)) for _ in range(3)]
     assert [via(faults.log, a) for a in warm] == ["connection"] * 3

@@ -12,6 +12,7 @@ import pytest
 from node_runtime.dialout.agent import read_dials, write_dial
 from node_runtime.state import any_in_flight
 
+from inference_bundle.router.dataplane.connections import server_label
 from inference_bundle.router.dataplane.credentials import Refused
 from tests.router.dataplane_fakes import (
     CHAT,
@@ -19,6 +20,7 @@ from tests.router.dataplane_fakes import (
     Served,
     chat,
     connected,
+    vouch,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -50,7 +52,7 @@ async def test_a_server_dials_every_router_and_serves_each_down_its_own_connecti
     assert (await second.client.post(CHAT, json=chat())).status_code == 200
     [on_first] = served.plane.servers(ENDPOINT)
     [on_second] = second.plane.servers(ENDPOINT)
-    assert on_first["server_id"] == on_second["server_id"] == "s-1"
+    assert on_first["server"] == on_second["server"] == server_label("s-1")
     assert (on_first["requests"], on_second["requests"]) == (1, 2)
     # Stopping says goodbye on both: each router forgets its own credential.
     dials = read_dials(node.folder) or {}
@@ -75,6 +77,7 @@ async def test_a_router_that_refuses_the_node_does_not_keep_it_from_another(
     await asyncio.sleep(0.5)
     assert second.plane.servers(ENDPOINT) == []  # another router's credential: refused
     assert (await served.client.post(CHAT, json=chat())).status_code == 200
+    vouch(second, "s-1", node.agent)
     write_dial(node.folder, {**good, "token": second.plane.credentials.mint(ENDPOINT)})
     await connected(second.plane)
     assert len(served.plane.servers(ENDPOINT)) == 1

@@ -132,4 +132,4 @@ def test_a_node_given_the_ca_dials_wss_and_warm_requests_ride_it(tls: TLSRouter)
     warm = [tls.embed() for _ in range(3)]
     assert [via(tls.log, answer) for answer in warm] == ["connection"] * 3
     [after] = connected_servers(tls.router.url, tls.router.key, MINILM, verify=tls.trust)
-    assert after["server_id"] == server["server_id"] and after["requests"] >= 3
+    assert after["server"] == server["server"] and after["requests"] >= 3

@@ -209,6 +209,9 @@ class OneConnected:
     async def wait_for(self, route: Route) -> None:
         return None
 
+    def vouch(self, route: Route, envelope: dict[str, Any]) -> None:
+        pass
+
 
 def ensure_or_chat(spec: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """A stream's first task only ensures the server (no body); then the request itself."""

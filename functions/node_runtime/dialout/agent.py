@@ -29,6 +29,7 @@ from .. import __version__, wire
 from ..state import ServerPaths, hold_in_flight, release_in_flight
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
 from .link import Link, Stream
+from .node_key import make_node_key
 
 __all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
 
@@ -61,6 +62,8 @@ class Agent:
         self._stopping = False
         self._in_flight = 0
         self._marker: IO[str] | None = None
+        # Proves this server at each handshake; only its digest is on disk (node_key).
+        self.secret = make_node_key(self.folder, server_id)
 
     def inherit(self, lifespan_scope: MutableMapping[str, Any]) -> None:
         """Keep what every request's scope needs from the lifespan's: the application
@@ -116,43 +119,49 @@ class Agent:
             (wire.SERVER_HEADER, self.server_id),
             (wire.HOST_HEADER, socket.gethostname()),
             (wire.RUNTIME_HEADER, __version__),
+            (wire.PROOF_HEADER, self.secret),
         ]
 
-    async def serve(self, connection: Any, streams: dict[int, Stream]) -> None:
+    async def serve(self, connection: Any, link: Link) -> None:
         """Run each request that comes down ``connection`` in a task of its own."""
+        streams = link.streams
         async for message in connection:
+            link.heard()
             if isinstance(message, str):
                 continue  # no control messages travel this way yet
-            kind, stream_id, payload = wire.unpack(message)
-            if kind == wire.REQUEST:
-                stream = streams[stream_id] = Stream()
-                task = asyncio.create_task(
-                    self._run(connection, streams, stream_id, stream, payload)
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            elif kind == wire.CANCEL:
-                cancelled = streams.get(stream_id)
-                if cancelled is not None:
-                    cancelled.cancelled.set()
+            try:
+                kind, stream_id, payload = wire.unpack(message)
+                if kind == wire.REQUEST:
+                    head, first = wire.parse_request(payload)
+                    new = streams[stream_id] = Stream(head)
+                    new.take(first)
+                    task = asyncio.create_task(self._run(connection, streams, stream_id, new))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif kind == wire.HEARTBEAT:
+                    continue
+                elif (stream := streams.get(stream_id)) is None:
+                    continue  # a record for a request that has ended
+                elif kind == wire.BODY:
+                    stream.take(payload)
+                elif kind == wire.WINDOW:
+                    stream.grant(wire.parse_window(payload))
+                elif kind == wire.CANCEL:
+                    stream.cancel()
+            except wire.WireError as err:
+                log.warning("dialout: a record from the router was dropped: %s", err)
 
     async def _run(
-        self,
-        connection: Any,
-        streams: dict[int, Stream],
-        stream_id: int,
-        stream: Stream,
-        payload: bytes,
+        self, connection: Any, streams: dict[int, Stream], stream_id: int, stream: Stream
     ) -> None:
         """Run one request against the application; send its answer back as it comes."""
         self._begin()
+        head = stream.head
         try:
-            method, path, body = wire.parse_request(payload)
 
             async def receive() -> Message:
-                if not stream.body_taken:
-                    stream.body_taken = True
-                    return {"type": "http.request", "body": body, "more_body": False}
+                if not stream.body_done:
+                    return await stream.next_body()
                 await stream.cancelled.wait()
                 return {"type": "http.disconnect"}
 
@@ -168,11 +177,11 @@ class Agent:
                 elif kind == "http.response.body":
                     chunk = message.get("body", b"")
                     if chunk:
-                        await self._send(connection, stream, wire.pack(wire.BODY, stream_id, chunk))
+                        await self._send_body(connection, stream, stream_id, chunk)
                     if not message.get("more_body", False):
                         await self._send(connection, stream, wire.pack(wire.END, stream_id))
 
-            await self.app(self._scope(method, path, body), receive, send)
+            await self.app(self._scope(head.method, head.path, head.length), receive, send)
         except Exception as exc:
             log.exception("dialout: request %s failed in the server", stream_id)
             if stream.started:
@@ -190,13 +199,26 @@ class Agent:
                 await self._send(
                     connection, stream, wire.start_record(stream_id, 500, "application/json")
                 )
-                await self._send(
-                    connection, stream, wire.pack(wire.BODY, stream_id, json.dumps(error).encode())
-                )
+                await self._send_body(connection, stream, stream_id, json.dumps(error).encode())
                 await self._send(connection, stream, wire.pack(wire.END, stream_id))
         finally:
             streams.pop(stream_id, None)
             self._end()
+
+    async def _send_body(
+        self, connection: Any, stream: Stream, stream_id: int, chunk: bytes
+    ) -> None:
+        """Send answer bytes in records no larger than the wire's bound, each within the
+        stream's window: a client that reads slowly holds back this request alone."""
+        view = memoryview(chunk)
+        while view:
+            count = await stream.spend(min(len(view), wire.MAX_PAYLOAD))
+            if not count:
+                return  # cancelled
+            await self._send(
+                connection, stream, wire.pack(wire.BODY, stream_id, bytes(view[:count]))
+            )
+            view = view[count:]
 
     async def _send(self, connection: Any, stream: Stream, record: bytes) -> None:
         """Send one record; a connection that is gone cancels the request instead."""
@@ -205,9 +227,9 @@ class Agent:
         try:
             await connection.send(record)
         except Exception:
-            stream.cancelled.set()
+            stream.cancel()
 
-    def _scope(self, method: str, path: str, body: bytes) -> dict[str, Any]:
+    def _scope(self, method: str, path: str, length: int) -> dict[str, Any]:
         scope: dict[str, Any] = {
             "type": "http",
             # 2.3, not 2.4: under 2.4 Starlette's StreamingResponse stops listening for
@@ -224,7 +246,7 @@ class Agent:
             "headers": [
                 (b"host", b"127.0.0.1"),
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(length).encode()),
             ],
             "client": ("127.0.0.1", 0),
             "server": ("127.0.0.1", 0),

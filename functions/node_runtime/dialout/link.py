@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import ssl
-from dataclasses import dataclass, field
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
@@ -28,13 +28,60 @@ _REFUSED = (401, 403)  # the router does not take this credential: wait for a ne
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
-@dataclass
 class Stream:
-    """One request a router sent down a line, as the agent runs it."""
+    """One request a router sent down a line, as the agent runs it: its body as it arrives,
+    and the window of answer bytes it may still send (``node_runtime.wire``)."""
 
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    body_taken: bool = False
-    started: bool = False
+    def __init__(self, head: wire.RequestHead) -> None:
+        self.head = head
+        self.cancelled = asyncio.Event()
+        self.started = False
+        self.body_done = False
+        self._received = 0
+        self._parts: asyncio.Queue[bytes] = asyncio.Queue()
+        self._credit = head.window
+        self._granted = asyncio.Event()
+
+    def take(self, part: bytes) -> None:
+        """Bytes of the request's body, as the router sent them."""
+        self._received += len(part)
+        if self._received > self.head.length:
+            raise wire.WireError(f"a request body longer than its {self.head.length} bytes")
+        self._parts.put_nowait(part)
+
+    async def next_body(self) -> dict[str, Any]:
+        """The application's next ``http.request`` message."""
+        if self.head.length == 0:
+            part = b""
+        else:
+            part = await self._parts.get()
+            while not self._parts.empty():
+                part += self._parts.get_nowait()
+        self.body_done = self._received >= self.head.length and self._parts.empty()
+        return {"type": "http.request", "body": part, "more_body": not self.body_done}
+
+    def grant(self, count: int) -> None:
+        """The router took ``count`` answer bytes from its buffer: that many more may go."""
+        self._credit += count
+        self._granted.set()
+
+    async def spend(self, wanted: int) -> int:
+        """Up to ``wanted`` bytes of the window, waiting until some is open; 0 if cancelled."""
+        while self._credit <= 0:
+            if self.cancelled.is_set():
+                return 0
+            self._granted.clear()
+            await self._granted.wait()
+        if self.cancelled.is_set():
+            return 0
+        count = min(wanted, self._credit)
+        self._credit -= count
+        return count
+
+    def cancel(self) -> None:
+        """The client went away, or the line did: stop the request and any wait for window."""
+        self.cancelled.set()
+        self._granted.set()
 
 
 class Link:
@@ -47,6 +94,7 @@ class Link:
         self.refused: str | None = None  # the credential this router refused
         self.connection: Any = None
         self.streams: dict[int, Stream] = {}  # stream ids are the router's: one set a link
+        self.last_heard = time.monotonic()
         self.closing = False
         self.task = asyncio.create_task(self.run())
 
@@ -71,9 +119,9 @@ class Link:
                     wire.websocket_url(dial.url),
                     additional_headers=self.agent.headers(dial),
                     compression=None,  # about a fifth of the relay's CPU, for JSON that is small
-                    max_size=None,
-                    ping_interval=20,
-                    ping_timeout=20,
+                    max_size=wire.MAX_MESSAGE,
+                    # Liveness is any record heard (heartbeats): no late pong cuts a busy line.
+                    ping_interval=None,
                     open_timeout=10,
                     ssl=_ssl_context(dial) if dial.url.startswith("https://") else None,
                     proxy=None if _loopback(dial.url) else True,
@@ -81,7 +129,12 @@ class Link:
                     log.warning("dialout: connected to %s as %s", dial.url, dial.endpoint)
                     delay = _FIRST_BACKOFF_S
                     self.connection = connection
-                    await self.agent.serve(connection, self.streams)
+                    self.heard()
+                    beating = asyncio.create_task(self._heartbeat(connection))
+                    try:
+                        await self.agent.serve(connection, self)
+                    finally:
+                        beating.cancel()
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status in _REFUSED:
@@ -101,13 +154,34 @@ class Link:
             finally:
                 self.connection = None
                 for stream in self.streams.values():
-                    stream.cancelled.set()  # their clients were told by the router
+                    stream.cancel()  # their clients were told by the router
             if not self.closing:
                 # A new credential cuts the backoff short.
                 # (asyncio's own TimeoutError: the runtime supports Python 3.10)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def heard(self) -> None:
+        """Something came down the line: it is alive."""
+        self.last_heard = time.monotonic()
+
+    async def _heartbeat(self, connection: Any) -> None:
+        """A heartbeat every HEARTBEAT_S (the router echoes it); a line silent for SILENCE_S
+        is hung up on, and dialled again."""
+        while True:
+            await asyncio.sleep(wire.HEARTBEAT_S)
+            silent = time.monotonic() - self.last_heard
+            if silent > wire.SILENCE_S:
+                log.warning(
+                    "dialout: nothing heard from %s for %.0f s; dialling again",
+                    self.dial.url,
+                    silent,
+                )
+                await connection.close()
+                return
+            with contextlib.suppress(Exception):
+                await connection.send(wire.HEARTBEAT_RECORD)
 
     async def hang_up(self) -> None:
         """Say goodbye (the router forgets this server's credential) and stop dialling."""

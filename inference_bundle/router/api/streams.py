@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from inference_bundle.router import stream_events, streaming
 from inference_bundle.router.api.answers import (
+    CLIENT_CLOSED,
     TICKET,
     USAGE_STREAMS,
     answer_body,
@@ -23,7 +24,7 @@ from inference_bundle.router.api.answers import (
     usage_fields,
     usage_of_fields,
 )
-from inference_bundle.router.dataplane.connections import NodeGone
+from inference_bundle.router.dataplane.connections import AnswerTooLarge, NodeGone
 from inference_bundle.router.dispatch import Answer, Streamed, decode_body, server_gone
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.eta import Eta
@@ -77,6 +78,7 @@ async def waiting_stream(
         await notes.put(streaming.comment(f"{note}; {told}" if told else note))
 
     task = asyncio.create_task(service.dispatcher.stream(route, runtime_request, on_wait))
+    waited = False
     try:
         while not task.done() or not notes.empty():
             note = asyncio.ensure_future(notes.get())
@@ -85,9 +87,12 @@ async def waiting_stream(
                 yield note.result().encode()
             else:
                 note.cancel()
+        waited = True
     finally:
-        if not task.done():
-            task.cancel()  # the client left while the model started: the start goes on
+        if not waited:
+            # The client left while the model started: the start goes on, the request not.
+            _abandon(task)
+            record(service, context, CLIENT_CLOSED, began, None)
     try:
         outcome = task.result()
     except APIError as err:
@@ -109,8 +114,21 @@ async def waiting_stream(
         async for event in events:
             yield event
     finally:
+        # The client left: the relay's own cleanup (its record) runs now, not when collected.
+        await events.aclose()
         if isinstance(outcome, Streamed) and not outcome.relay.ended:
             # The client left before the relay began (its own cleanup never ran).
+            outcome.relay.cancel()
+            outcome.finish(False)
+
+
+def _abandon(task: asyncio.Task[Streamed | Answer]) -> None:
+    """Stop waiting for a stream's start; a stream already begun is cancelled at its server."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled() and task.exception() is None:
+        outcome = task.result()
+        if isinstance(outcome, Streamed):
             outcome.relay.cancel()
             outcome.finish(False)
 
@@ -122,7 +140,7 @@ async def _relay(
     context: dict[str, Any],
     asked: str,
     include_usage: bool,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The server's events as they come; an alias is named as the user wrote it, and the
     usage chunk the router asked for is charged, and passed on only if the client asked."""
     served = context["model"]
@@ -132,6 +150,7 @@ async def _relay(
     tap = UsageTap(keep=include_usage or context["operation"] not in USAGE_STREAMS)
     whole = False
     done_sent = False
+    left = False
     try:
         async for received in streamed.relay.body():
             chunk = tap.feed(received)
@@ -150,6 +169,11 @@ async def _relay(
         whole = True
     except NodeGone as gone:
         yield failed(context["operation"], server_gone(served, gone).body())
+    except (GeneratorExit, asyncio.CancelledError):
+        # Closed at a yield or cancelled in a wait: the client hung up (or the router stops).
+        # The server broke nothing; NodeGone, above, is the server breaking off.
+        left = True
+        raise
     finally:
         whole = whole or done_sent
         if not streamed.relay.ended:
@@ -163,7 +187,7 @@ async def _relay(
         record(
             service,
             context,
-            streamed.status if whole else 502,
+            streamed.status if whole else CLIENT_CLOSED if left else 502,
             began,
             streamed,
             usage=usage,
@@ -220,7 +244,7 @@ async def _whole_as_events(
     began: float,
     context: dict[str, Any],
     asked: str,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """A whole answer (through a task) as the run of chunks a stream would have sent."""
     record(service, context, answer.status, began, answer)
     body = answer_body(answer, asked)
@@ -248,11 +272,11 @@ async def _refusal(
 ) -> Answer:
     """A stream the server refused (status >= 400): its whole error body, recorded."""
     try:
-        raw = await streamed.relay.read()
-    except NodeGone as gone:
+        raw = await streamed.relay.read(service.settings.data_plane.max_answer_bytes)
+    except (NodeGone, AnswerTooLarge) as gone:
         streamed.finish(False)
         record(service, context, 502, began, streamed)
-        raise server_gone(context["model"], gone) from None
+        raise server_gone(context["model"], NodeGone(str(gone))) from None
     streamed.finish(True)
     answer = _as_answer(streamed, raw)
     record(service, context, answer.status, began, answer)

@@ -4,12 +4,18 @@ A ``NodeConnection`` is one server's WebSocket. ``open`` sends a request down it
 a ``Relay``, which yields the answer's start and then its body chunks as the node sends them.
 The connection's reader (``endpoint.py``) hands every record to its relay. When the
 connection closes, every relay still open ends with ``NodeGone``.
+
+A relay buffers at most its window of answer bytes: the node sends no more until the relay's
+reader has taken them and granted them back (``node_runtime.wire``), so a client that stops
+reading holds back its own stream, and the router's memory stays bounded. A node that sends
+past the window, or a record that makes no sense, fails that request alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,36 +24,61 @@ from typing import Any
 from node_runtime import wire
 
 SendBytes = Callable[[bytes], Awaitable[None]]
-_CLOSED = -1  # a record kind of our own: the connection closed under the relay
+HangUp = Callable[[], Awaitable[None]]
+_CLOSED = -1  # record kinds of our own: the connection closed under the relay,
+_OVERRUN = -2  # or the node sent past the stream's window
 _CANCELLING: set[asyncio.Task[None]] = set()  # CANCEL records on their way
 
 
 class NodeGone(Exception):
     """The server's connection closed, or the server failed, before the answer was whole."""
 
+    def __init__(self, why: str, unsent: bool = False) -> None:
+        super().__init__(why)
+        # The line closed before the answer began: nothing reached the client, and the
+        # request may go to another connection.
+        self.unsent = unsent
+
+
+class AnswerTooLarge(Exception):
+    """A whole answer grew past the router's bound (``data_plane.max_answer_bytes``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {limit} bytes")
+        self.limit = limit
+
 
 class Relay:
     """One request on a node connection: its answer's start, then its body, as they come."""
 
-    def __init__(self, connection: NodeConnection, stream_id: int) -> None:
+    def __init__(self, connection: NodeConnection, stream_id: int, window: int) -> None:
         self.connection = connection
         self.stream_id = stream_id
+        self.window = window
         self.records: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self.buffered = 0  # answer bytes received and not yet taken
+        self._taken = 0  # bytes taken and not yet granted back
         self.ended = False
 
     async def start(self) -> tuple[int, str]:
         """(status, content type) of the answer; NodeGone if it never starts."""
         kind, payload = await self.records.get()
         if kind == wire.START:
-            return wire.parse_start(payload)
+            try:
+                return wire.parse_start(payload)
+            except wire.WireError as err:
+                self.cancel()
+                raise NodeGone(f"the model server's answer began malformed ({err})") from None
         self._end()
-        raise NodeGone(_why(kind, payload))
+        raise NodeGone(_why(kind, payload), unsent=kind == _CLOSED)
 
     async def body(self) -> AsyncIterator[bytes]:
         """The answer's body chunks until its end; NodeGone if it breaks off."""
         while True:
             kind, payload = await self.records.get()
             if kind == wire.BODY:
+                self.buffered -= len(payload)
+                await self._grant(len(payload))
                 yield payload
             elif kind == wire.END:
                 self._end()
@@ -56,9 +87,35 @@ class Relay:
                 self._end()
                 raise NodeGone(_why(kind, payload))
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        return b"".join([chunk async for chunk in self.body()])
+    async def read(self, limit: int) -> bytes:
+        """The whole body; AnswerTooLarge (the request cancelled) past ``limit`` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.body():
+            size += len(chunk)
+            if size > limit:
+                self.cancel()
+                raise AnswerTooLarge(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def offer(self, kind: int, payload: bytes) -> None:
+        """A record from the node; one that overruns the window fails this request."""
+        if kind == wire.BODY:
+            self.buffered += len(payload)
+            if self.buffered > self.window:
+                self.cancel()
+                self.records.put_nowait((_OVERRUN, b""))
+                return
+        self.records.put_nowait((kind, payload))
+
+    async def _grant(self, count: int) -> None:
+        """Give taken bytes back to the node's window, a quarter window at a time."""
+        self._taken += count
+        if self._taken >= self.window // 4 and not self.ended:
+            granted, self._taken = self._taken, 0
+            with contextlib.suppress(Exception):
+                await self.connection.send(wire.window_record(self.stream_id, granted))
 
     def cancel(self) -> None:
         """The client went away: tell the node to abort the request (vLLM stops generating).
@@ -86,8 +143,12 @@ class Relay:
 
 def _why(kind: int, payload: bytes) -> str:
     if kind == wire.FAIL:
-        return "the model server failed mid-answer: " + payload.decode("utf-8", "replace")
-    return "the model server's connection closed"
+        return "the model server failed mid-answer: " + payload.decode("utf-8", "replace")[:500]
+    if kind == _OVERRUN:
+        return "the model server sent more than the stream's window"
+    if kind == _CLOSED:
+        return "the model server's connection closed"
+    return f"the model server sent a record of unknown kind {kind}"
 
 
 @dataclass(eq=False)
@@ -99,6 +160,10 @@ class NodeConnection:
     host: str
     runtime: str
     send: SendBytes
+    window: int = wire.STREAM_WINDOW
+    credential: bytes = b""  # the digest of the credential it was admitted with
+    hang_up: HangUp | None = None
+    superseded: bool = False  # the same server dialled again: this line was let go
     connected_at: float = field(default_factory=time.time)
     relays: dict[int, Relay] = field(default_factory=dict)
     requests: int = 0
@@ -113,14 +178,18 @@ class NodeConnection:
         """Send a request down this connection; NodeGone if it is closed (nothing was sent)."""
         if self.closed:
             raise NodeGone("the model server's connection closed")
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        relay = Relay(self, self._next_id)
+        self._next_id = self._next_id % 0xFFFFFFFF + 1  # 0 is the line's own (heartbeats)
+        relay = Relay(self, self._next_id, self.window)
         self.relays[relay.stream_id] = relay
         try:
-            await self.send(wire.request_record(relay.stream_id, method, path, body))
+            for record in wire.request_records(relay.stream_id, method, path, body, self.window):
+                if relay.ended:
+                    break  # cancelled while its body was on the way
+                await self.send(record)
         except Exception as err:
             relay._end()
-            raise NodeGone(f"the model server's connection closed ({err!r})") from None
+            why = f"the model server's connection closed ({err!r})"
+            raise NodeGone(why, unsent=True) from None
         self.requests += 1
         return relay
 
@@ -129,10 +198,17 @@ class NodeConnection:
         kind, stream_id, payload = wire.unpack(record)
         relay = self.relays.get(stream_id)
         if relay is not None:
-            relay.records.put_nowait((kind, payload))
+            relay.offer(kind, payload)
             if kind in (wire.END, wire.FAIL):
                 # Done at the server, whether or not anyone reads the rest: no longer in flight.
-                del self.relays[stream_id]
+                self.relays.pop(stream_id, None)
+
+    async def let_go(self) -> None:
+        """Hang up on the node (its reader then ends as for any closed line)."""
+        self.close()
+        if self.hang_up is not None:
+            with contextlib.suppress(Exception):
+                await self.hang_up()
 
     def close(self) -> None:
         """The connection ended: every open relay ends with NodeGone."""
@@ -141,14 +217,20 @@ class NodeConnection:
             relay.records.put_nowait((_CLOSED, b""))
 
     def describe(self) -> dict[str, Any]:
-        """What /jobs and /list-endpoints show of this connection."""
+        """What /jobs and /list-endpoints show of this connection: a label for the server,
+        not its id, which the server's credential is bound to."""
         return {
-            "server_id": self.server_id,
+            "server": server_label(self.server_id),
             "host": self.host,
             "connected_at": round(self.connected_at, 3),
             "in_flight": self.in_flight,
             "requests": self.requests,
         }
+
+
+def server_label(server_id: str) -> str:
+    """How users see a server: a short digest of its id, which tells servers apart."""
+    return hashlib.sha256(server_id.encode()).hexdigest()[:10]
 
 
 class ConnectionHub:
@@ -170,14 +252,22 @@ class ConnectionHub:
             live.remove(connection)
         connection.close()
 
+    def holding(self, credential: bytes) -> NodeConnection | None:
+        """The live connection admitted with ``credential`` (a digest), if any."""
+        for live in self._by_endpoint.values():
+            for connection in live:
+                if connection.credential == credential:
+                    return connection
+        return None
+
     def pick(self, endpoint: str) -> NodeConnection | None:
         """The live connection of ``endpoint`` with the fewest requests in flight."""
         live = self._by_endpoint.get(endpoint)
         if not live:
             return None
         if len(live) == 1:
-            return live[0]
-        return min(live, key=lambda c: c.in_flight)
+            return None if live[0].closed else live[0]
+        return min((c for c in live if not c.closed), key=lambda c: c.in_flight, default=None)
 
     async def wait_for(self, endpoint: str, timeout_s: float) -> NodeConnection | None:
         """A connection of ``endpoint``, waiting up to ``timeout_s`` for one to dial in."""

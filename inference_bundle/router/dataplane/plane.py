@@ -8,6 +8,7 @@ from typing import Any
 from inference_bundle.config.settings import DataPlaneSettings
 from inference_bundle.router.dataplane.connections import ConnectionHub, NodeConnection
 from inference_bundle.router.dataplane.credentials import Credentials
+from inference_bundle.router.dataplane.node_keys import NodeKeys
 from inference_bundle.router.routes import Route
 
 
@@ -20,6 +21,7 @@ class DataPlane:
         self.endpoints = endpoints
         self.hub = ConnectionHub()
         self.credentials = Credentials(settings.credential_ttl_s, settings.redial_grace_s)
+        self.keys = NodeKeys()
         self._last_task: dict[str, float] = {}
 
     def dial(self, route: Route) -> dict[str, Any]:
@@ -32,6 +34,10 @@ class DataPlane:
             "ca_file": self.settings.ca_file,
         }
 
+    def vouch(self, route: Route, envelope: dict[str, Any]) -> None:
+        """A task's envelope names its server and that server's key: dials that prove it."""
+        self.keys.vouch(route.endpoint_name, envelope)
+
     def pick(self, route: Route) -> NodeConnection | None:
         """The least busy live connection of the route's endpoint."""
         return self.hub.pick(route.endpoint_name)
@@ -39,6 +45,10 @@ class DataPlane:
     async def wait_for(self, route: Route) -> NodeConnection | None:
         """A connection of the route's endpoint, waiting up to connect_wait_s for one."""
         return await self.hub.wait_for(route.endpoint_name, self.settings.connect_wait_s)
+
+    def refreshed(self, route: Route) -> None:
+        """A keep-alive task went out for the route's endpoint (it carries no credential)."""
+        self._last_task[route.endpoint_name] = time.monotonic()
 
     def refresh_due(self, route: Route) -> bool:
         """Whether the endpoint saw no task for refresh_s (its engine would let the job go)."""
