@@ -35,6 +35,7 @@ from inference_bundle.ops.local_run import (
 from inference_bundle.ops.router_client import RouterClient
 from inference_bundle.ops.supervise import start_router, stop_router
 from inference_bundle.rendering.specs import server_spec
+from inference_bundle.router.private_files import file_access, write_private
 
 __all__ = ["DeployError", "deploy", "stop"]
 
@@ -44,11 +45,14 @@ def deploy(root: Path, cluster: str, port: int | None, say: Say = print) -> None
     run = LocalDeployment(root, cluster)
     catalog = load_catalog(root, cluster)
     settings = router_settings(root, cluster, port)
+    # Before anything stops or starts: a file_group this account cannot use stops here.
+    access = file_access(settings.file_group, f"config/router/{cluster}.yaml")
     check_local_inputs(catalog)
     key = api_key(run, settings)
     deployed = fingerprint(root, cluster, settings)
     url = f"http://{settings.listen.host}:{settings.listen.port}"
     router = RouterClient(url, key)
+    run.make_private(access)  # a log an older deploy left readable to all, too
     pid = run.router_pid()
     if pid is not None and read_or_empty(run.fingerprint_file) == deployed and router.healthy():
         say(
@@ -59,15 +63,15 @@ def deploy(root: Path, cluster: str, port: int | None, say: Say = print) -> None
     if pid is not None:
         say(f"{cluster}: the deployed input changed; restarting the router (pid {pid})")
         stop_router(run, say)
-    run.folder.mkdir(parents=True, exist_ok=True)
-    run.settings_file.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True))
-    start_router(run, catalog, url, say)
+    dumped = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True)
+    write_private(run.settings_file, dumped, access)
+    start_router(run, catalog, url, say, access)
     # The models start side by side: the cold starts overlap rather than add up.
     entries = list(catalog.enabled())
     with concurrent.futures.ThreadPoolExecutor(max(1, len(entries))) as pool:
         for started in [pool.submit(_first_answer, router, cluster, e, say) for e in entries]:
             started.result()  # a model that did not answer: its DeployError
-    run.fingerprint_file.write_text(deployed)
+    write_private(run.fingerprint_file, deployed, access)
     say(f"{cluster}: deployed; every model answered.")
     _print_usage(say, url, cluster, catalog, key, run)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from inference_bundle.config.catalog import Catalog
@@ -17,6 +16,7 @@ from inference_bundle.config.settings import RouterSettings, load_settings
 from inference_bundle.ops.local_run import DeployError, LocalDeployment
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.auth.keys import create_api_key, holds_key
+from inference_bundle.router.private_files import private_folder, tighten, write_private
 
 # Source folders whose change means the router must be restarted to serve the new code.
 _FINGERPRINTED = ("inference_bundle", "functions/node_runtime", "templates")
@@ -60,14 +60,13 @@ def api_key(run: LocalDeployment, settings: RouterSettings) -> str:
     keys_file = Path(configured or ".state/router/api-keys.json")
     keys_file = keys_file if keys_file.is_absolute() else run.root / keys_file
     if run.key_file.exists():
+        tighten(run.key_file)  # a secret: this account's only, however it was left
         saved = run.key_file.read_text().strip()
         if holds_key(keys_file, saved):  # not revoked (`bundle keys revoke`) since
             return saved
     key = create_api_key(keys_file, getpass.getuser())
-    run.key_file.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(run.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key + "\n")
+    private_folder(run.key_file.parent)
+    write_private(run.key_file, key + "\n")  # a secret: this account's only
     return key
 
 

@@ -10,9 +10,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
+from inference_bundle.router.private_files import FileAccess, open_private, tighten_folder
 
 Say = Callable[[str], None]
 
@@ -52,6 +54,16 @@ class LocalDeployment:
     def key_file(self) -> Path:
         """The API key this deployment created, readable by its owner only."""
         return self.root / ".state" / "router" / f"{self.cluster}-api-key"
+
+    def make_private(self, access: FileAccess) -> None:
+        """The run folder (made if missing) and its files (the log with the access log, the
+        settings) readable by this account only, or by the settings' file_group too."""
+        tighten_folder(self.folder, access)
+
+    def open_log(self, access: FileAccess) -> BinaryIO:
+        """The router's log, appended to, with ``access`` whether new or found looser."""
+        fd = open_private(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, access)
+        return os.fdopen(fd, "ab")
 
     def router_state_dir(self) -> Path:
         """The router's own state folder (engines' run dirs), from the deployed settings."""

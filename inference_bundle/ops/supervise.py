@@ -17,10 +17,14 @@ from pathlib import Path
 from inference_bundle.config.catalog import Catalog
 from inference_bundle.ops.local_run import DeployError, LocalDeployment, Say
 from inference_bundle.ops.router_client import router_healthy
+from inference_bundle.router.private_files import FileAccess, write_private
 
 
-def start_router(run: LocalDeployment, catalog: Catalog, url: str, say: Say) -> None:
-    """Start the router in the background and wait until it answers on ``url``."""
+def start_router(
+    run: LocalDeployment, catalog: Catalog, url: str, say: Say, access: FileAccess
+) -> None:
+    """Start the router in the background and wait until it answers on ``url``; its log
+    and pid file get ``access`` (the settings' file_group, or this account's only)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if catalog.profile.scheduler == "slurm" and "SLURM_CONF" not in env:
@@ -28,7 +32,7 @@ def start_router(run: LocalDeployment, catalog: Catalog, url: str, say: Say) -> 
         env["SLURM_CONF"] = str(slurm_dir / "slurm.conf")
     command = [sys.executable, "-m", "inference_bundle.router", "--config", str(run.settings_file)]
     command += ["--root", str(run.root)]
-    with run.log_file.open("ab") as log:
+    with run.open_log(access) as log:
         process = subprocess.Popen(
             command,
             stdout=log,
@@ -38,7 +42,7 @@ def start_router(run: LocalDeployment, catalog: Catalog, url: str, say: Say) -> 
             cwd=run.root,
             start_new_session=True,
         )
-    run.pid_file.write_text(f"{process.pid}\n")
+    write_private(run.pid_file, f"{process.pid}\n", access)
     say(f"{run.cluster}: router starting (pid {process.pid}, log {run.shown(run.log_file)})")
     deadline = time.monotonic() + 60
     while not router_healthy(url):

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from inference_bundle.config.settings import MetricsSettings
 from inference_bundle.router.auth import AuthConfigError
+from inference_bundle.router.private_files import tighten
 from inference_bundle.router.states import ModelState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
@@ -94,7 +95,7 @@ def metrics_token(settings: MetricsSettings, state_dir: Path) -> str | None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        pass
+        tighten(path)  # a secret: the account's only, whatever file_group says
     else:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")

@@ -59,7 +59,9 @@ OPERATIONS: dict[str, type[_OpenAIRequest]] = {
 
 
 def validate(path: str, body: Any) -> _OpenAIRequest:
-    """Check a parsed JSON body for an operation; 400 naming the first bad field."""
+    """Check a parsed JSON body for an operation; 400 naming the first bad field.
+
+    Media the body names are ``router.media``'s to check (a host lookup is awaited)."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     try:
@@ -74,7 +76,6 @@ def validate(path: str, body: Any) -> _OpenAIRequest:
         raise APIError(400, message, param=param, code="invalid_value") from None
     if path == "/v1/score":
         check_score_pairs(body)
-    check_media_urls(body)
     return parsed
 
 
@@ -94,38 +95,3 @@ def check_score_pairs(body: dict[str, Any]) -> None:
         param="text_1",
         code="invalid_value",
     )
-
-
-# Where a request names a picture, a recording or a video by URL (OpenAI's chat and
-# Responses parts); the server fetches an http(s) URL itself, or refuses it (its
-# --allowed-media-domains), and answers other schemes (file:, ftp:) with a 500.
-MEDIA_KEYS = ("image_url", "video_url", "audio_url")
-MEDIA_SCHEMES = ("data:", "http://", "https://")
-
-
-def check_media_urls(body: dict[str, Any]) -> None:
-    """The 400 for a media URL that is neither a data: URL nor http(s)."""
-    pending: list[Any] = [body]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                url = item.get("url") if isinstance(item, dict) else item
-                if key in MEDIA_KEYS and isinstance(url, str):
-                    if not url.lower().startswith(MEDIA_SCHEMES):
-                        given = (
-                            f"a {url.partition(':')[0][:16]!r} URL"
-                            if ":" in url
-                            else "a URL without a scheme"
-                        )
-                        raise APIError(
-                            400,
-                            f"An {key} must be a data: URL (base64, as "
-                            f"'data:image/png;base64,...') or an http(s) URL, not {given}.",
-                            param=key,
-                            code="invalid_value",
-                        )
-                else:
-                    pending.append(item)

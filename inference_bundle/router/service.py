@@ -14,8 +14,13 @@ import node_runtime
 from inference_bundle.config.catalog import Catalog, load_catalog
 from inference_bundle.config.naming import jobs_endpoint_name
 from inference_bundle.config.registry import load_registry
-from inference_bundle.config.settings import RouterSettings
-from inference_bundle.router.auth import AuthConfigError, Authenticator, build_authenticator
+from inference_bundle.config.settings import KeysAuthSettings, RouterSettings
+from inference_bundle.router.auth import (
+    AuthConfigError,
+    Authenticator,
+    build_authenticator,
+    keys_file_path,
+)
 from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, engine_batch_factory
 from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
@@ -33,8 +38,16 @@ from inference_bundle.router.limits.ledger import Ledger
 from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.limits.reload import check_limits
 from inference_bundle.router.maintenance import Maintenance
+from inference_bundle.router.media import HostCheck
 from inference_bundle.router.metrics import Metrics, metrics_token
 from inference_bundle.router.placement import Placement
+from inference_bundle.router.private_files import (
+    file_access,
+    open_private,
+    private_folder,
+    tighten,
+    tighten_folder,
+)
 from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.states import StateTracker
 from inference_bundle.router.store import Database, open_database
@@ -56,6 +69,7 @@ class RouterService:
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics_token: str | None = None  # what GET /metrics asks for when metrics.access is key
     config_path: Path | None = None  # the settings file, reread for new limits
+    media_hosts: HostCheck = field(default_factory=HostCheck)  # do media URLs' hosts resolve
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -81,6 +95,7 @@ def build_service(
     for route in table.routes():
         tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
     state_dir = state_folder(settings, root)
+    _make_private(settings, root, state_dir, config_path)
     closers: list[Callable[[], None]] = []
     if settings.executor == "engine":
         pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
@@ -189,6 +204,17 @@ def _served_name(table: RouteTable, cluster: str, name: str) -> str:
         return name
 
 
+def _make_private(
+    settings: RouterSettings, root: Path, state_dir: Path, config_path: Path | None
+) -> None:
+    """The state folder and its files the router's (or its file_group's), as an older
+    router or a copy may have left them looser; the API keys its account's only."""
+    access = file_access(settings.file_group, str(config_path or "router settings"))
+    tighten_folder(state_dir, access)
+    if isinstance(settings.auth, KeysAuthSettings) and settings.auth.keys_file:
+        tighten(keys_file_path(settings.auth, root))
+
+
 class StateFolderInUse(Exception):
     """Another router holds the state folder: two would share its records and servers."""
 
@@ -205,8 +231,9 @@ def lock_state_folder(state_dir: Path) -> IO[str]:
     A POSIX lock (fcntl.lockf) is the process's own: children that the engines fork do not
     inherit it, so it ends with the router, however the router ends.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / "router.lock", "a+")  # noqa: SIM115 - held for the process's life
+    private_folder(state_dir)
+    lock = open_private(state_dir / "router.lock", os.O_RDWR | os.O_CREAT)
+    handle = os.fdopen(lock, "r+")  # held for the process's life
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -68,8 +68,9 @@ def test_an_unknown_top_level_field_lists_the_valid_ones(tmp_path: Path) -> None
     [(file, field, message)] = _problems(tmp_path, direct_path={"enabled": True})
     assert (file, field) == ("router.yaml", "direct_path")
     assert message == (
-        "unknown field; valid fields here are: auth, batches, clusters, data_plane, executor, "
-        "limits, listen, log_prompts, max_body_bytes, metrics, state_dir, store, wait_s"
+        "unknown field; valid fields here are: auth, batches, check_media_hosts, clusters, "
+        "data_plane, executor, file_group, limits, listen, log_prompts, max_body_bytes, "
+        "metrics, state_dir, store, wait_s"
     )
 
 

@@ -151,3 +151,32 @@ def test_the_usage_tap_reads_the_last_chunk_and_drops_it_unless_asked() -> None:
         assert (b'"usage"' in out) is keep
         assert out.endswith(b"data: [DONE]\n\n")
         assert out.count(b"data: ") == (4 if keep else 3)
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("until=0001-01-01", "until"),
+        ("since=0001-01-01", "since"),
+        ("until=1970-01-03", None),
+        ("until=9999-12-31", None),
+        ("since=9999-12-31&until=9999-12-31", None),
+        ("until=10000-01-01", "until"),
+        ("since=0000-00-00", "since"),
+        ("since=" + "9" * 500, "since"),
+        ("since=2024-02-30", "since"),
+        ("since=2025-01-02&until=2025-01-01", "since"),
+    ],
+)
+async def test_a_day_out_of_range_is_a_400_naming_its_parameter(
+    harness: Harness, query: str, param: str | None
+) -> None:
+    answer = await harness.client.get(f"/v1/usage?{query}", headers=harness.auth)
+    if param is None:
+        assert answer.status_code == 200, answer.text
+        return
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert error["message"].startswith(f"'{param}' ")
+    assert len(error["message"]) < 200  # a long value is not echoed whole

@@ -14,6 +14,9 @@ from inference_bundle.router.service import RouterService
 
 # The context key of a request's limits ticket (kept out of the access log).
 TICKET = "ticket"
+# nginx's "client closed request": the client hung up before its answer ended. Neither the
+# router nor a server failed: error counts and the status page's error list leave it out.
+CLIENT_CLOSED = 499
 # Streams whose usage the router asks for (stream_options.include_usage) to charge it.
 USAGE_STREAMS = ("/v1/chat/completions", "/v1/completions")
 _DECODER = json.JSONDecoder()

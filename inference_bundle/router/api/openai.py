@@ -19,12 +19,19 @@ from starlette.routing import BaseRoute
 
 from inference_bundle.config.frameworks import FRAMEWORKS
 from inference_bundle.router.api import placing, streams
-from inference_bundle.router.api.answers import TICKET, USAGE_STREAMS, answer_body, record
+from inference_bundle.router.api.answers import (
+    CLIENT_CLOSED,
+    TICKET,
+    USAGE_STREAMS,
+    answer_body,
+    record,
+)
 from inference_bundle.router.api.common import authenticate, bound_route, read_json
 from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.dispatch import Answer
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.limiter import Ticket
+from inference_bundle.router.media import media_urls
 from inference_bundle.router.routes import check_framework, check_operation
 from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
@@ -66,6 +73,10 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
     framework = request.path_params.get("framework")
     body = await read_json(request, service.settings.max_body_bytes)
     parsed = validate(path, body)
+    # Before a model is placed or started for it: media vLLM would fail on is a 400.
+    urls = media_urls(body)
+    if urls and service.settings.check_media_hosts:
+        await service.media_hosts.check(urls)
     auth = service.settings.auth
     # Access before any word on where the model is served: a caller who may not use it
     # learns nothing more than its name, which they typed.
@@ -148,8 +159,8 @@ async def _serve(service: RouterService, request: Request, path: str) -> Respons
         record(service, context, err.status, began, None)
         raise
     except ClientLeft:
-        record(service, context, 499, began, None)
-        return Response(status_code=499)
+        record(service, context, CLIENT_CLOSED, began, None)
+        return Response(status_code=CLIENT_CLOSED)
     record(service, context, answer.status, began, answer)
     if answer.raw is not None and answer.status < 400 and parsed.model == route.model:
         return Response(

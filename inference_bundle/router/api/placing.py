@@ -216,12 +216,17 @@ class Placed:
         return True
 
     async def _watch(self, events: Any, route: Route) -> AsyncIterator[Any]:
-        async for chunk in events:
-            if isinstance(chunk, bytes) and chunk.startswith(_ERROR_EVENTS):
-                code = _error_code(chunk)
-                if code in FAILURE_CODES:
-                    placement_of(self.service).failed(route, code)
-            yield chunk
+        try:
+            async for chunk in events:
+                if isinstance(chunk, bytes) and chunk.startswith(_ERROR_EVENTS):
+                    code = _error_code(chunk)
+                    if code in FAILURE_CODES:
+                        placement_of(self.service).failed(route, code)
+                yield chunk
+        finally:
+            # The client left: the stream's own cleanup (its record) runs now, not when
+            # the stream is collected.
+            await events.aclose()
 
 
 # How a stream's error event begins: OpenAI's chunk streams, and the named events of

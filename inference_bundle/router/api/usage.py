@@ -22,6 +22,9 @@ from inference_bundle.router.limits.ledger import BY_CHOICES, day_of
 from inference_bundle.router.service import RouterService
 
 DEFAULT_DAYS = 30
+# No record is older than the Unix epoch; the last day is the calendar's own.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date.max
 
 
 def routes(service: RouterService) -> list[BaseRoute]:
@@ -34,11 +37,17 @@ def routes(service: RouterService) -> list[BaseRoute]:
 async def usage(service: RouterService, request: Request) -> Response:
     caller = await authenticate(service.authenticator, request)
     query = request.query_params
-    today = day_of(time.time())
-    until = _day(query.get("until"), "until") or today
-    since = _day(query.get("since"), "since") or str(
-        date.fromisoformat(until) - timedelta(days=DEFAULT_DAYS - 1)
+    until = _day(query.get("until"), "until") or date.fromisoformat(day_of(time.time()))
+    since = _day(query.get("since"), "since") or max(
+        until - timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY
     )
+    if since > until:
+        raise APIError(
+            400,
+            f"'since' ({since}) is after 'until' ({until}); name the first day, then the last.",
+            param="since",
+            code="invalid_value",
+        )
     by = [name.strip() for name in query.get("by", "day,model").split(",") if name.strip()]
     unknown = [name for name in by if name not in BY_CHOICES]
     if unknown or len(set(by)) != len(by):
@@ -62,12 +71,12 @@ async def usage(service: RouterService, request: Request) -> Response:
             code="permission_denied",
         )
     limiter = service.limiter
-    data = await limiter.call(limiter.ledger.usage, since, until, by, user)
+    data = await limiter.call(limiter.ledger.usage, str(since), str(until), by, user)
     limits = await limiter.call(limiter.ledger.standing, _own_counters(service, caller))
     body: dict[str, Any] = {
         "object": "usage",
-        "since": since,
-        "until": until,
+        "since": str(since),
+        "until": str(until),
         "by": by,
         "user": user,
         "data": data,
@@ -90,12 +99,20 @@ def _own_counters(service: RouterService, caller: Any) -> list[Any]:
     return out
 
 
-def _day(value: str | None, name: str) -> str | None:
+def _day(value: str | None, name: str) -> date | None:
+    """A query's day, or the 400 that names the parameter: not a day, or out of range."""
     if value is None:
         return None
     try:
-        return date.fromisoformat(value).isoformat()
+        day = date.fromisoformat(value)
     except ValueError:
+        day = None
+    if day is None or not FIRST_DAY <= day <= LAST_DAY:
+        shown = value if len(value) <= 32 else value[:32] + "..."
         raise APIError(
-            400, f"'{name}' must be a day as YYYY-MM-DD, not {value!r}.", param=name
-        ) from None
+            400,
+            f"'{name}' must be a day as YYYY-MM-DD from {FIRST_DAY} to {LAST_DAY}, not {shown!r}.",
+            param=name,
+            code="invalid_value",
+        )
+    return day

@@ -11,6 +11,14 @@ import os
 from pathlib import Path
 
 from inference_bundle.config.settings import RouterSettings
+from inference_bundle.router.private_files import (
+    OWNER_ONLY,
+    FileAccess,
+    file_access,
+    open_private,
+    private_folder,
+    tighten,
+)
 from inference_bundle.router.store.database import (
     Database,
     PostgresDatabase,
@@ -47,13 +55,14 @@ def open_database(settings: RouterSettings, state_dir: Path) -> Database:
     if store.url is not None:
         db = PostgresDatabase(store.url, store.pool_size, store.connect_timeout_s)
     else:
-        return open_sqlite(sqlite_path(settings, state_dir))
+        access = file_access(settings.file_group, "router settings")
+        return open_sqlite(sqlite_path(settings, state_dir), access)
     return _migrated(db)
 
 
-def open_sqlite(path: Path) -> Database:
-    """A private SQLite file (created 0600 in a 0700 folder), migrated."""
-    _make_private(path)
+def open_sqlite(path: Path, access: FileAccess = OWNER_ONLY) -> Database:
+    """A private SQLite file (created 0600 in a 0700 folder, or its file_group's), migrated."""
+    _make_private(path, access)
     return _migrated(SQLiteDatabase(path))
 
 
@@ -66,10 +75,10 @@ def _migrated(db: Database) -> Database:
     return db
 
 
-def _make_private(path: Path) -> None:
-    """The database and its folder readable by the service's account only (0600, 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+def _make_private(path: Path, access: FileAccess) -> None:
+    """The database and its folder readable by the service's account (and file_group) only."""
+    private_folder(path.parent, access)
     # SQLite gives its -wal and -shm files the database file's mode, so that is set first.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+    os.close(open_private(path, os.O_RDWR | os.O_CREAT, access))
+    for kept in ("-wal", "-shm", "-journal"):  # as an older router may have left them
+        tighten(path.with_name(path.name + kept), access)
