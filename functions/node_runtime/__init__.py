@@ -16,8 +16,8 @@ Entry point (``node_runtime.entrypoints.serve``), registered with a source strat
 
     serve(expected_runtime_version: str, spec: dict, request: dict) -> dict
 
-``expected_runtime_version`` is the ``__version__`` below as the deploy side saw it; a
-mismatch raises RuntimeError before anything starts.
+``expected_runtime_version`` is ``__version__`` (written in ``node_runtime.version``) as the
+deploy side saw it; a mismatch raises RuntimeError before anything starts.
 
 Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refused)::
 
@@ -86,25 +86,39 @@ A server that fails to start raises ``ServerStartError`` with the log's last lin
 invalid spec raises ``SpecError``, an invalid request ``RequestError``.
 """
 
-# Bumped when what the router sends or gets back changes (0.2: the spec's role, batch servers
-# of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
-# "send" in the request; 0.4: a dial per router URL, a connection to each, and batches that
-# pause; 0.5: the scheduler's estimated start and queue position in the job listing; 0.6: the
-# newer APIs; 0.7: bounded records, windows, heartbeats and the server's key): the
-# router checks it on every call, and
-# a deploy installs the runtime into a site's environment only when this differs.
-__version__ = "0.7.0"
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .proxy import RequestError, handle  # noqa: E402
-from .server import (  # noqa: E402
-    ServerHandle,
-    ServerStartError,
-    ensure_server,
-    stop_server,
-    use_server,
-)
-from .spec import ServerSpec, SpecError  # noqa: E402
-from .state import LockTimeout  # noqa: E402
+from .version import __version__
+
+# Where each public name lives. They load on first use (PEP 562): the agent inside a model
+# server imports node_runtime.dialout, and that must not load the whole runtime with it.
+_HOMES = {
+    "LockTimeout": ".server_files",
+    "RequestError": ".proxy",
+    "ServerHandle": ".server",
+    "ServerSpec": ".spec",
+    "ServerStartError": ".server",
+    "SpecError": ".spec",
+    "ensure_server": ".server",
+    "handle": ".proxy",
+    "stop_server": ".server",
+    "use_server": ".server",
+}
+
+if TYPE_CHECKING:
+    from .proxy import RequestError, handle
+    from .server import ServerHandle, ServerStartError, ensure_server, stop_server, use_server
+    from .server_files import LockTimeout
+    from .spec import ServerSpec, SpecError
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'node_runtime' has no attribute {name!r}")
+    return getattr(import_module(home, __name__), name)
+
 
 __all__ = [
     "LockTimeout",

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, backend
+from . import backend
 from .batch_files import (
     ERRORS,
     OUTPUT,
@@ -44,7 +44,8 @@ from .batch_files import (
 )
 from .server import use_server
 from .spec import ServerSpec
-from .states import FeedState
+from .state_names import FeedState
+from .version import __version__
 
 
 def run_batch(

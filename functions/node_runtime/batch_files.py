@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from .states import FeedState
+from .state_names import FeedState
 
 INPUT = "input.jsonl"
 OUTPUT = "output.jsonl"

@@ -30,8 +30,8 @@ from typing import Any
 
 from . import procs, schedulers
 from .schedulers import JobListingError, SchedulerJob, parse_job_name
-from .state import ServerPaths, idle_for, model_key, read_state
-from .states import JobState, ModelState, SchedulerState
+from .server_files import ServerPaths, idle_for, model_key, read_state
+from .state_names import JobState, ModelState, SchedulerState
 
 __all__ = [
     "LISTING_VERSION",

@@ -9,12 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__, backend
+from . import backend
 from .dialout.agent import write_dial
 from .dialout.node_key import read_node_key
 from .frameworks import all_operations
 from .server import ServerHandle, use_server
 from .spec import ServerSpec
+from .version import __version__
 
 # Any framework's operation is forwarded; a server that lacks it answers with its own error.
 ROUTES = all_operations()
@@ -134,17 +135,20 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
                 if attempt == 2:
                     raise
                 continue  # the server died since the check: the next use_server restarts it
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            except TimeoutError:
                 backend.drop_connection(server.port)
-                return _envelope(
-                    502,
-                    _error(
-                        f"model {spec.name!r}: no answer from the server ({exc!r})", "server_error"
-                    ),
-                    start_wait,
-                    time.monotonic() - began,
-                    started,
+                error = _error(
+                    f"model {spec.name!r} did not answer within its request timeout of "
+                    f"{spec.request_timeout_s:g} s; the request was cancelled.",
+                    "server_error",
+                    code="timeout",
                 )
+                status, answer = 504, error  # as a connection's request past the bound
+            except (OSError, http.client.HTTPException) as exc:
+                backend.drop_connection(server.port)
+                message = f"model {spec.name!r}: no answer from the server ({exc!r})"
+                status, answer = 502, _error(message, "server_error")
+            # The server is up whatever it answered: its node (and key) go back with it.
             envelope = _envelope(status, answer, start_wait, time.monotonic() - began, started)
             envelope["node"] = _node(server)
             return envelope
@@ -171,5 +175,5 @@ def _envelope(
     }
 
 
-def _error(message: str, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def _error(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from . import backend, launch, procs
 from .dialout.agent import DIAL_FILE
-from .spec import ServerSpec
-from .state import (
+from .server_files import (
     Anchor,
     ServerPaths,
     ServerState,
@@ -33,6 +32,7 @@ from .state import (
     stamp_use,
     write_state,
 )
+from .spec import ServerSpec
 
 _LOG_TAIL_LINES = 40
 _POLL_S = 0.25

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import procs
 from .server import stop_recorded
-from .state import (
+from .server_files import (
     LockTimeout,
     ServerPaths,
     any_in_flight,

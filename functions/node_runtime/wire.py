@@ -7,7 +7,8 @@ most ``MAX_PAYLOAD`` bytes. Records of many requests interleave on one connectio
 apart by their stream id, so no body, however large, holds the line or exceeds a message
 bound: the largest message either side takes is ``MAX_MESSAGE``.
 
-    router -> node   REQUEST   JSON head {"method", "path", "length", "window"}, a newline,
+    router -> node   REQUEST   JSON head {"method", "path", "length", "window",
+                               "content_type"}, a newline,
                                then the body's first bytes
                      BODY      more of the request's body, until ``length`` bytes came
                      CANCEL    (empty) the client went away: abort the request
@@ -100,13 +101,20 @@ class RequestHead:
     path: str
     length: int
     window: int
+    content_type: str = "application/json"
 
 
 def request_records(
-    stream: int, method: str, path: str, body: bytes, window: int = STREAM_WINDOW
+    stream: int,
+    method: str,
+    path: str,
+    body: bytes,
+    window: int = STREAM_WINDOW,
+    content_type: str = "application/json",
 ) -> list[bytes]:
     """A REQUEST record with as much of the body as fits, then BODY records for the rest."""
-    fields = {"method": method, "path": path, "length": len(body), "window": window}
+    fields: dict[str, Any] = {"method": method, "path": path, "length": len(body)}
+    fields.update(window=window, content_type=content_type)
     head = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
     first = max(0, MAX_PAYLOAD - len(head))
     return [pack(REQUEST, stream, head + body[:first]), *records(BODY, stream, body[first:])]
@@ -127,7 +135,11 @@ def parse_request(payload: bytes) -> tuple[RequestHead, bytes]:
     if not isinstance(length, int) or length < len(body) or not isinstance(window, int):
         raise WireError("a REQUEST record's length and window must be whole numbers")
     method = str(fields.get("method", "POST"))
-    return RequestHead(method, fields["path"], length, max(window, MAX_PAYLOAD)), body
+    content_type = fields.get("content_type")
+    if not isinstance(content_type, str):
+        content_type = "application/json"
+    window = max(window, MAX_PAYLOAD)
+    return RequestHead(method, fields["path"], length, window, content_type), body
 
 
 def start_record(stream: int, status: int, content_type: str) -> bytes:

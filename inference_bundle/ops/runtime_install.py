@@ -16,8 +16,8 @@ class RuntimeInstallError(RuntimeError):
 
 
 def bundled_version(root: Path) -> str:
-    """The node runtime version in this checkout (functions/node_runtime/__init__.py)."""
-    path = root / "functions" / "node_runtime" / "__init__.py"
+    """The node runtime version in this checkout (functions/node_runtime/version.py)."""
+    path = root / "functions" / "node_runtime" / "version.py"
     found = _VERSION.search(path.read_text(encoding="utf-8"))
     if found is None:
         raise RuntimeInstallError(f"{path} sets no __version__; restore it")

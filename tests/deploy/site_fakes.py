@@ -46,8 +46,8 @@ if args[:1] == ["-c"]:
         sys.exit("ModuleNotFoundError: No module named 'node_runtime'")
     print(state.read_text())
 elif args[:3] == ["-m", "pip", "install"]:
-    init = Path(args[-1], "node_runtime", "__init__.py").read_text()
-    state.write_text(re.search(r'__version__ = "([^"]+)"', init).group(1))
+    source = Path(args[-1], "node_runtime", "version.py").read_text()
+    state.write_text(re.search(r'__version__ = "([^"]+)"', source).group(1))
 else:
     sys.exit(2)
 """

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import yaml
+from node_runtime.version import __version__
 
 from inference_bundle.config.registry import load_registry, registry_path
 from inference_bundle.ops.site import SiteDeployError
@@ -45,7 +46,7 @@ def test_first_deploy_installs_registers_writes_starts_and_records(fakes: Fakes)
     assert first["path0"] == str(fakes.env_bin), "the endpoint env's bin must lead PATH"
 
     registry = load_registry(fakes.root, "sophia")
-    assert registry.runtime_version == "0.7.0"
+    assert registry.runtime_version == __version__
     assert registry.function_id("serve") == serve_id
     assert registry.functions["serve"].source_sha256 == registered["serve"][0]
     assert registry.functions["list_bundle_jobs"].id == jobs_id
@@ -120,7 +121,7 @@ def test_changed_function_source_is_registered_again_and_its_endpoints_restart(
 
 
 def test_runtime_installed_only_when_its_version_differs(fakes: Fakes) -> None:
-    (fakes.env_bin / "runtime-version").write_text("0.7.0")
+    (fakes.env_bin / "runtime-version").write_text(__version__)
     fakes.deploy()
     assert not [argv for argv in fakes.calls("python") if "pip" in argv]
 

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from node_runtime.version import __version__
 
 from inference_bundle.config.naming import jobs_endpoint_name
 from inference_bundle.ops.site_plan import SiteDeployError, load_site
@@ -30,7 +31,7 @@ def test_dry_run_end_to_end_prints_the_plan_and_touches_nothing(
     out = done.stdout
     assert "plan (dry run: nothing is changed)" in out
     assert "functions to register: serve, run_batch, list_bundle_jobs" in out
-    assert "node runtime: install 0.7.0" in out
+    assert f"node runtime: install {__version__}" in out
     assert "files change in 36" in out
     assert "    sophia-meta-llama-3-1-405b-instruct: new" in out
     assert "sophia-jobs (start)" in out

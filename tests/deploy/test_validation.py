@@ -274,9 +274,9 @@ def test_an_empty_pbs_queue_is_a_missing_one(repo: Path, edit: Edit) -> None:
 
 
 def test_unknown_scheduler(repo: Path, edit: Edit) -> None:
-    edit(SOPHIA, "scheduler: pbspro", "scheduler: lsf")
+    edit(SOPHIA, "scheduler: pbspro", "scheduler: no-such-scheduler")
     assert problems(repo) == [
-        f"{SOPHIA}: scheduler: must be 'pbspro', 'slurm' or 'local' (got 'lsf')"
+        f"{SOPHIA}: scheduler: must be 'pbspro', 'slurm' or 'local' (got 'no-such-scheduler')"
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import node_runtime
 import pytest
 from node_runtime import procs
-from node_runtime.state import ServerPaths
+from node_runtime.server_files import ServerPaths
 
 from .local_backends import (
     Spec,

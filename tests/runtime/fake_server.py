@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from node_runtime import procs
-from node_runtime.state import ServerPaths, ServerState, write_state
+from node_runtime.server_files import ServerPaths, ServerState, write_state
 
 Anchors = tuple[tuple[int, int | None], ...]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from node_runtime import ServerSpec, SpecError, procs, watchdog
-from node_runtime.state import (
+from node_runtime.server_files import (
     ServerPaths,
     model_key,
     read_state,

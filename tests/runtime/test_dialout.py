@@ -2,7 +2,8 @@
 
 The stand-in routers are websockets servers that answer the handshake as told (accept,
 401, 403, 503) and record every handshake, so that what the agent dials, and when it does
-not, is asserted exactly. The agent against the real router is tests/router/test_dataplane.py.
+not, is asserted exactly. The agent against the real router is
+tests/router/dataplane/test_dataplane.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import stat
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import node_runtime.dialout.agent as agent_module
 import pytest
 from node_runtime.dialout.agent import Agent, Dial, read_dials, remove_dial, write_dial
 from node_runtime.dialout.dialfile import DIAL_FILE
@@ -124,17 +127,46 @@ async def running_agent(folder: Path) -> AsyncIterator[Agent]:
         task.cancel()
 
 
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.02)):
-        if check():
-            return
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Return once ``check()`` holds, looking every 20 ms; fail saying ``what`` did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s} s")
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+@dataclass
+class Reads:
+    """How many times the agent has read the dial file (it polls it every 0.5 s)."""
+
+    count: int = 0
+
+    async def two_more(self) -> None:
+        """Until the agent has read the file twice more: it has acted on what it held now."""
+        # The next read sees the caller's change (both run on this event loop); the agent
+        # reads again only once it has acted on it.
+        wanted = self.count + 2
+        await _until(lambda: self.count >= wanted, "two more reads of the dial file")
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
+    """Count the agent's reads of its dial file."""
+    counter = Reads()
+
+    def counted(folder: Path) -> dict[str, Dial] | None:
+        found = read_dials(folder)
+        counter.count += 1
+        return found
+
+    monkeypatch.setattr(agent_module, "read_dials", counted)
+    return counter
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_router_that_refuses_the_credential_is_dialled_again_only_with_a_new_one(
-    tmp_path: Path, status: int
+    tmp_path: Path, status: int, reads: Reads
 ) -> None:
     async def test() -> None:
         async with stand_in(status) as refusing, stand_in(503) as failing:
@@ -147,14 +179,14 @@ def test_a_router_that_refuses_the_credential_is_dialled_again_only_with_a_new_o
                 write_dial(tmp_path, _dial(refusing.url, "second"))
                 await _until(lambda: len(refusing.tokens) == 2, "a dial with the new token")
                 assert refusing.tokens == ["first", "second"]
-                await asyncio.sleep(1.0)
+                await reads.two_more()
                 assert refusing.tokens == ["first", "second"]  # refused again: it waits
 
     asyncio.run(test())
 
 
 def test_each_router_gets_a_connection_and_one_that_leaves_the_file_is_hung_up(
-    tmp_path: Path,
+    tmp_path: Path, reads: Reads
 ) -> None:
     async def test() -> None:
         async with stand_in() as first, stand_in() as second:
@@ -165,13 +197,13 @@ def test_each_router_gets_a_connection_and_one_that_leaves_the_file_is_hung_up(
                 await asyncio.wait_for(second.connected.wait(), 5)
                 # A fresh credential for a live connection waits for its next dial.
                 write_dial(tmp_path, _dial(first.url, "a2"))
-                await asyncio.sleep(1.0)
+                await reads.two_more()
                 assert first.tokens == ["a"] and not first.closed.is_set()
                 remove_dial(tmp_path, first.url)
                 await asyncio.wait_for(first.closed.wait(), 5)
                 assert first.byes == 1 and agent.connection(first.url) is None
                 assert agent.connection(second.url) is not None
-                await asyncio.sleep(0.7)
+                await reads.two_more()
                 assert first.tokens == ["a"]  # not dialled again
             await asyncio.wait_for(second.closed.wait(), 5)
             assert second.byes == 1  # the agent's stop says goodbye on every connection
@@ -180,7 +212,7 @@ def test_each_router_gets_a_connection_and_one_that_leaves_the_file_is_hung_up(
 
 
 def test_a_dropped_connection_is_dialled_again_with_the_latest_credential(
-    tmp_path: Path,
+    tmp_path: Path, reads: Reads
 ) -> None:
     async def test() -> None:
         async with stand_in() as router:
@@ -188,7 +220,7 @@ def test_a_dropped_connection_is_dialled_again_with_the_latest_credential(
             async with running_agent(tmp_path) as agent:
                 await asyncio.wait_for(router.connected.wait(), 5)
                 write_dial(tmp_path, _dial(router.url, "b"))
-                await asyncio.sleep(0.7)  # the agent has read the new dial
+                await reads.two_more()  # the agent has read the new dial
                 await agent.connection(router.url).close()
                 await _until(lambda: router.tokens == ["a", "b"], "a dial with token b")
 

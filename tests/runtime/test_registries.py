@@ -9,7 +9,7 @@ from node_runtime import frameworks, launch, schedulers
 from node_runtime.proxy import ROUTES
 from node_runtime.schedulers import JobListingError
 from node_runtime.spec import ServerSpec
-from node_runtime.states import JobState, ModelState, SchedulerState
+from node_runtime.state_names import JobState, ModelState, SchedulerState
 
 
 def spec(framework: str, task: str) -> ServerSpec:
@@ -35,8 +35,10 @@ def test_an_unknown_framework_lists_the_known_ones() -> None:
 
 def test_an_unknown_scheduler_lists_the_known_ones() -> None:
     assert schedulers.names() == ("pbspro", "slurm", "local")
-    with pytest.raises(JobListingError, match="unknown scheduler 'lsf': use one of pbspro, slurm"):
-        schedulers.scheduler("lsf")
+    with pytest.raises(
+        JobListingError, match="unknown scheduler 'no-such-scheduler': use one of pbspro, slurm"
+    ):
+        schedulers.scheduler("no-such-scheduler")
 
 
 _HEAD = ["--served-model-name", "m/x", "--host", "127.0.0.1", "--port", "8011"]
@@ -133,6 +135,6 @@ def test_one_vocabulary_for_states() -> None:
     assert list(ModelState) == ["cold", "queued", "starting", "ready", "idle", "stopped"]
     # a job's lifecycle is the model's, where both name a state
     assert {s.value for s in ModelState} - {"cold"} <= {s.value for s in JobState}
-    from inference_bundle.router.states import ModelState as RouterModelState
+    from inference_bundle.router.fleet.states import ModelState as RouterModelState
 
     assert RouterModelState is ModelState

@@ -20,7 +20,7 @@ import pytest
 from node_runtime import RequestError, ServerStartError, backend, procs, proxy, watchdog
 from node_runtime.proxy import check_request
 from node_runtime.server import ServerHandle
-from node_runtime.state import (
+from node_runtime.server_files import (
     ServerPaths,
     hold_in_flight,
     read_state,

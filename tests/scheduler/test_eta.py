@@ -2,7 +2,7 @@
 
 No scheduler runs here: tests/fixtures/qstat/estimated.json is PBS Pro's `qstat -f -F json`
 shape with `estimated.start_time`; squeue lines are literal (`%S` is a pending job's
-expected start). The live Slurm test is in test_eta_live.py.
+expected start). The live Slurm test is in test_eta_e2e.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from node_runtime.jobs import JobListingError, list_jobs, parse_job_name
 from node_runtime.schedulers.common import seconds
 from node_runtime.schedulers.pbspro import parse_qstat_json
 from node_runtime.schedulers.slurm import parse_squeue
-from node_runtime.state import ServerPaths, ServerState, model_key, write_state
+from node_runtime.server_files import ServerPaths, ServerState, model_key, write_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "qstat"
 LLAMA_8B = "sophia-llama-3-1-8b-instruct"
@@ -239,7 +239,7 @@ def test_a_failing_scheduler_command_names_itself(
 
 def test_an_unknown_scheduler_lists_the_known_ones() -> None:
     with pytest.raises(JobListingError, match="use one of pbspro, slurm, local"):
-        list_jobs("lsf", ENDPOINTS)
+        list_jobs("no-such-scheduler", ENDPOINTS)
 
 
 def test_local_lists_the_servers_on_this_host(tmp_path: Path) -> None:

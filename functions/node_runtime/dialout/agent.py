@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
-from .. import __version__, wire
-from ..state import ServerPaths, hold_in_flight, release_in_flight
+from .. import wire
+from ..server_files import ServerPaths, hold_in_flight, release_in_flight
+from ..version import __version__
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
 from .link import Link, Stream
 from .node_key import make_node_key
@@ -181,7 +182,7 @@ class Agent:
                     if not message.get("more_body", False):
                         await self._send(connection, stream, wire.pack(wire.END, stream_id))
 
-            await self.app(self._scope(head.method, head.path, head.length), receive, send)
+            await self.app(self._scope(head), receive, send)
         except Exception as exc:
             log.exception("dialout: request %s failed in the server", stream_id)
             if stream.started:
@@ -229,7 +230,7 @@ class Agent:
         except Exception:
             stream.cancel()
 
-    def _scope(self, method: str, path: str, length: int) -> dict[str, Any]:
+    def _scope(self, head: wire.RequestHead) -> dict[str, Any]:
         scope: dict[str, Any] = {
             "type": "http",
             # 2.3, not 2.4: under 2.4 Starlette's StreamingResponse stops listening for
@@ -237,16 +238,16 @@ class Agent:
             # cancelled stream would run to its end at vLLM.
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
-            "method": method,
+            "method": head.method,
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
+            "path": head.path,
+            "raw_path": head.path.encode(),
             "query_string": b"",
             "root_path": "",
             "headers": [
                 (b"host", b"127.0.0.1"),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(length).encode()),
+                (b"content-type", head.content_type.encode("latin-1", "replace")),
+                (b"content-length", str(head.length).encode()),
             ],
             "client": ("127.0.0.1", 0),
             "server": ("127.0.0.1", 0),

@@ -13,19 +13,29 @@ import json
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import wire
 from .dialfile import Dial
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger("node_runtime.dialout")
 _FIRST_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 5.0
 _REFUSED = (401, 403)  # the router does not take this credential: wait for a new one
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+class LinkAgent(Protocol):
+    """What a link needs of its agent (``agent.Agent``): the handshake's headers, and
+    someone to serve the line once it is connected."""
+
+    def headers(self, dial: Dial) -> list[tuple[str, str]]:
+        """The handshake's headers for ``dial``."""
+        ...
+
+    async def serve(self, connection: Any, link: Link) -> None:
+        """Run the requests that come down ``connection`` until it closes."""
+        ...
 
 
 class Stream:
@@ -87,7 +97,7 @@ class Stream:
 class Link:
     """The connection to one router: dialled, served, and dialled again until hung up."""
 
-    def __init__(self, agent: Agent, dial: Dial) -> None:
+    def __init__(self, agent: LinkAgent, dial: Dial) -> None:
         self.agent = agent
         self.dial = dial
         self.changed = asyncio.Event()  # the file gave this URL a new dial
@@ -157,8 +167,7 @@ class Link:
                     stream.cancel()  # their clients were told by the router
             if not self.closing:
                 # A new credential cuts the backoff short.
-                # (asyncio's own TimeoutError: the runtime supports Python 3.10)
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
 

@@ -3,43 +3,16 @@
 A framework module knows its server's command line, the smallest real request that proves
 the server ready, the OpenAI operations it answers, and how the data plane's agent gets into
 its process. A new framework is a new module
-here and one line in ``_FRAMEWORKS``.
+here (built on ``base.Framework``) and one line in ``_load``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..spec import ServerSpec
-
-Operation = tuple[str, str]  # (HTTP method, OpenAI path)
-# Where a cross-encoder's readiness probe goes: both frameworks serve rerank here.
-RERANK_PROBE = "/v1/rerank"
+from .base import RERANK_PROBE, Framework, Operation, SpecFields
 
 
 class UnknownFrameworkError(ValueError):
     """A framework name that no module here serves; the message lists the known ones."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Framework:
-    """One model server framework: how to start it, probe it, and what it answers."""
-
-    name: str  # as specs name it
-    label: str  # as people write it, for messages
-    tasks: tuple[str, ...]  # the spec tasks it serves
-    serves: str  # what those tasks are, in words: "embeddings"
-    operations: frozenset[Operation]
-    # (spec, host, port) -> the server's argv, without the spec's own args
-    server_argv: Callable[[ServerSpec, str, int], list[str]]
-    # spec -> (path, body) of the request that proves the server ready
-    probe_request: Callable[[ServerSpec], tuple[str, dict[str, Any]]]
-    # the server's argv -> the same server with the data plane's agent inside its process
-    # (node_runtime.dialout)
-    with_agent: Callable[[list[str]], list[str]]
 
 
 def _load() -> dict[str, Framework]:
@@ -69,3 +42,15 @@ def framework(name: str) -> Framework:
 def all_operations() -> frozenset[Operation]:
     """Every operation some framework answers."""
     return frozenset().union(*(f.operations for f in _FRAMEWORKS.values()))
+
+
+__all__ = [
+    "RERANK_PROBE",
+    "Framework",
+    "Operation",
+    "SpecFields",
+    "UnknownFrameworkError",
+    "all_operations",
+    "framework",
+    "names",
+]

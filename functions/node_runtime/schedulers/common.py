@@ -8,7 +8,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..states import SchedulerState
+from ..state_names import SchedulerState
 
 COMMAND_TIMEOUT_S = 30.0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Scheduler
+from .base import Scheduler
 
 # Nothing to ask: the job listing reads this host's server states instead (see jobs.py).
 SCHEDULER = Scheduler(name="local", states={}, list_jobs=None)

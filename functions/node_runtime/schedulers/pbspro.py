@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..states import SchedulerState
-from . import Scheduler
+from ..state_names import SchedulerState
+from .base import Scheduler
 from .common import JobListingError, SchedulerJob, epoch, parse_job_name, run, seconds, waits
 
 _S = SchedulerState

@@ -11,8 +11,8 @@ import os
 import pwd
 from collections.abc import Callable
 
-from ..states import SchedulerState
-from . import Scheduler
+from ..state_names import SchedulerState
+from .base import Scheduler
 from .common import SchedulerJob, epoch, parse_job_name, run, seconds, waits
 
 _S = SchedulerState

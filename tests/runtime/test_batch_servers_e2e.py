@@ -18,7 +18,7 @@ from typing import Any
 import node_runtime
 import pytest
 from node_runtime import procs
-from node_runtime.state import ServerPaths, ServerState, read_state
+from node_runtime.server_files import ServerPaths, ServerState, read_state
 
 from .conftest import chat
 from .local_backends import Spec

@@ -6,21 +6,7 @@ listing or progress record reads the same as JSON whether it holds members or st
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
-
-if sys.version_info >= (3, 11):  # noqa: UP036 - the runtime supports Python 3.10
-    from enum import StrEnum
-else:  # a cluster environment with Python 3.10
-
-    class StrEnum(str, Enum):  # noqa: UP042 - enum.StrEnum is new in 3.11
-        """enum.StrEnum before Python 3.11: members print and format as their values."""
-
-        def __str__(self) -> str:
-            return str.__str__(self)
-
-        def __format__(self, format_spec: str) -> str:
-            return str.__format__(self, format_spec)
+from enum import StrEnum
 
 
 class ModelState(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any
 import node_runtime
 import pytest
 from node_runtime import ServerSpec, ServerStartError, procs
-from node_runtime.state import ServerPaths, read_state
+from node_runtime.server_files import ServerPaths, read_state
 
 from .conftest import chat, processes_mentioning
 from .local_backends import Spec, infinity_spec, vllm_spec

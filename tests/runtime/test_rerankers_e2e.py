@@ -1,6 +1,6 @@
 """A cross-encoder on Infinity through the runtime: its rerank task, probe and operation.
 
-The router's tests rerank on vLLM's pooling runner (tests/router/test_rerank_e2e.py); this
+The router's tests rerank on vLLM's pooling runner (tests/router/api/test_rerank_e2e.py); this
 one starts Infinity on the same tiny cross-encoder (seconds, not a minute), so that both
 frameworks the catalog lets serve ``kind: rerank`` are run for real.
 """
