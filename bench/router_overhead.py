@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import node_runtime  # noqa: E402
-from node_runtime.state import ServerPaths, read_state  # noqa: E402
+from node_runtime.server_files import ServerPaths, read_state  # noqa: E402
 
 from bench import peers  # noqa: E402
 from inference_bundle.config.catalog import load_catalog  # noqa: E402
@@ -84,7 +84,7 @@ def terminate_on_sigterm() -> None:
 def vllm_spec(root: Path) -> dict[str, Any]:
     catalog = load_catalog(root, "local")
     [entry] = [e for e in catalog.entries if e.endpoint.name == MODEL]
-    return server_spec(entry, catalog.profile)
+    return server_spec(entry, catalog.profile).to_dict()
 
 
 def vllm_port(spec: dict[str, Any]) -> int:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import node_runtime  # noqa: E402
-from node_runtime.state import ServerPaths, read_state  # noqa: E402
+from node_runtime.server_files import ServerPaths, read_state  # noqa: E402
 
 from tests.runtime.local_backends import infinity_spec, vllm_spec  # noqa: E402
 

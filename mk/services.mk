@@ -36,7 +36,7 @@ nginx-package:
 TEST_PREREQS += postgres-packages nginx-package
 
 # Chromium and its driver for the status page's browser test
-# (tests/router/test_status_page_browser.py, driven by selenium headless).
+# (tests/router/api/test_status_page_browser_e2e.py, driven by selenium headless).
 .PHONY: browser-packages
 
 browser-packages:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import node_runtime
 from node_runtime import wire
-from node_runtime.state import ServerPaths, ServerState, read_state
+from node_runtime.server_files import ServerPaths, ServerState, read_state
 
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
@@ -218,7 +217,7 @@ def server_paths(root: Path, model: str) -> ServerPaths:
     """The folder of ``model``'s interactive server on this host, under a scratch root."""
     catalog = load_catalog(root, "local")
     [entry] = [e for e in catalog.entries if e.endpoint.model == model]
-    spec = node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
+    spec = server_spec(entry, catalog.profile)
     return ServerPaths.for_model(spec.state_dir, spec.name)
 
 
@@ -247,7 +246,7 @@ def pin_server(root: Path, model: str) -> None:
     """
     catalog = load_catalog(root, "local")
     [entry] = [e for e in catalog.entries if e.endpoint.model == model]
-    spec = server_spec(entry, catalog.profile)
+    spec = server_spec(entry, catalog.profile).to_dict()
     ensure = {"method": "GET", "path": "/v1/models", "body": None, "send": False}
     script = (
         "import json, sys\nfrom node_runtime.proxy import handle\n"

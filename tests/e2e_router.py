@@ -8,6 +8,7 @@ it through ``batch_router`` there.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -145,7 +146,7 @@ def stop_servers(root: Path, roles: tuple[str, ...] = ("interactive", "batch")) 
     for entry in catalog.entries:
         spec = server_spec(entry, catalog.profile)
         for role in roles:
-            node_runtime.stop_server(node_runtime.ServerSpec.from_dict({**spec, "role": role}))
+            node_runtime.stop_server(dataclasses.replace(spec, role=role))
 
 
 def cancel_unfinished_batches(router: RunningRouter) -> list[str]:

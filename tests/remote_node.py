@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 from node_runtime.server import stop_recorded
-from node_runtime.state import ServerPaths, ServerState, exclusive_lock, read_state
+from node_runtime.server_files import ServerPaths, ServerState, exclusive_lock, read_state
 
 from inference_bundle.config.catalog import load_catalog
 from tests.e2e_router import RunningRouter, scratch_root, stop_router

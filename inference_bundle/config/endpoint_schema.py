@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference_bundle.config.frameworks import Framework, Kind
+from inference_bundle.config.kinds import Framework, Kind
 from inference_bundle.config.profiles import Walltime
 from inference_bundle.config.warm_windows import WarmWindow
 
@@ -47,7 +47,13 @@ class Endpoint(BaseModel):
     pipeline_parallel: int = Field(default=1, ge=1)
     server_args: ServerArgs = ServerArgs()
     batch: bool = Field(default=False, description="the guide's B: batch-capable")
+    # The node runtime's timeouts (its ServerSpec); each defaults to the profile's.
     idle_timeout_s: int | None = Field(default=None, ge=1, description="default: the profile's")
+    start_timeout_s: int | None = Field(default=None, ge=1, description="default: the profile's")
+    request_timeout_s: int | None = Field(
+        default=None, ge=1, description="bounds one request at its server; default: the profile's"
+    )
+    stop_grace_s: int | None = Field(default=None, ge=0, description="default: the profile's")
     walltime: Walltime | None = Field(default=None, description="default: the profile's")
     groups: list[str] = Field(default_factory=list, description="allowed groups; empty: all")
     enabled: bool = True

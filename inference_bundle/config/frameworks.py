@@ -1,35 +1,21 @@
 """The serving frameworks, on the config side: what each serves and which server flags it takes.
 
 One entry per framework in ``FRAMEWORKS``; the catalog's rules, the server specs, the
-router's paths, rendering and the deploy printout all read it. A new framework is a name
-in ``Framework``, its flag builder and its entry here, plus its runtime in the profiles.
+router's URLs, rendering and the deploy printout all read it. What each framework answers
+is the operations' (``config.operations``). A new framework is a name in ``kinds.Framework``,
+its flag builder and its entry here, its runtime in the profiles, and its name in the
+operations it serves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
-if TYPE_CHECKING:  # the catalog and profiles import this module for its names
-    from inference_bundle.config.catalog import Endpoint
-    from inference_bundle.config.profiles import ClusterProfile
-
-Framework = Literal["vllm", "infinity"]
-Kind = Literal["chat", "vision", "embedding", "rerank", "base"]
-
-# The operations every generating model answers on vLLM: OpenAI's chat, completions and
-# Responses, Anthropic's Messages, and the tokenizer (served at the server's root).
-GENERATION_PATHS = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/messages",
-    "/tokenize",
-    "/detokenize",
-)
-# What a cross-encoder (kind rerank) answers: Cohere/Jina-style rerank, and vLLM's score.
-RERANK_PATHS = ("/v1/rerank", "/v1/score")
+from inference_bundle.config.endpoint_schema import Endpoint
+from inference_bundle.config.kinds import Framework, Kind
+from inference_bundle.config.operations import MODELS_PATH, served_paths
+from inference_bundle.config.profiles import ClusterProfile
 
 
 @dataclass(frozen=True)
@@ -40,9 +26,13 @@ class FrameworkInfo:
     label: str  # how a sentence for the operator names it
     url_segment: str  # users call /resource_server/<cluster>/<url_segment>/v1/...
     kinds: tuple[Kind, ...]  # the model kinds it may serve
-    paths: tuple[str, ...]  # the OpenAI paths it serves
     server_args: frozenset[str]  # the catalog's server_args it takes
     server_flags: Callable[[Endpoint, ClusterProfile], list[str]]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths its servers answer: its operations', and the model list."""
+        return (*served_paths(self.name), MODELS_PATH)
 
     def base_path(self, cluster: str) -> str:
         """The OpenAI base URL path users call for this framework on ``cluster``."""
@@ -91,7 +81,6 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         label="vLLM",
         url_segment="vllm",
         kinds=("chat", "vision", "embedding", "rerank", "base"),
-        paths=(*GENERATION_PATHS, "/v1/embeddings", *RERANK_PATHS, "/v1/models"),
         server_args=frozenset(
             {
                 "max_model_len",
@@ -110,7 +99,6 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         label="Infinity",
         url_segment="infinity",
         kinds=("embedding", "rerank"),
-        paths=("/v1/embeddings", "/v1/rerank", "/v1/models"),
         # max_model_len has always been accepted here (and not passed): kept so that no
         # catalog that loads today stops loading.
         server_args=frozenset({"max_model_len", "dtype", "trust_remote_code", "extra"}),

@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
 )
 
-from inference_bundle.config.frameworks import Framework
+from inference_bundle.config.kinds import Framework
 from inference_bundle.config.problems import (
     CatalogError,
     Problem,
@@ -200,9 +200,18 @@ class _ClusterProfile(_Settings):
     runtimes: dict[Framework, RuntimeSettings]
     paths: PathSettings
     multi_node: MultiNodeSettings | None = None
-    idle_timeout_s: int = Field(default=7200, ge=1)
+    # The node runtime's timeouts (its ServerSpec), for every endpoint that sets none itself.
+    idle_timeout_s: int = Field(default=7200, ge=1, description="stop a server unused this long")
     batch_idle_timeout_s: int = Field(default=300, ge=1)
-    start_timeout_s: int = Field(default=1800, ge=1)
+    start_timeout_s: int = Field(
+        default=1800, ge=1, description="a server not ready this long after its start fails"
+    )
+    request_timeout_s: int = Field(
+        default=600, ge=1, description="one request's bound at its server; past it, a 504"
+    )
+    stop_grace_s: int = Field(
+        default=10, ge=0, description="from SIGTERM to SIGKILL when a server is stopped"
+    )
     timezone: str = Field(
         default="UTC",
         description="IANA time zone of the site: endpoints' keep_warm times are read in it",

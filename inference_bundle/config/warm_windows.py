@@ -1,7 +1,7 @@
 """When an endpoint is kept warm (``keep_warm`` in its catalog file): days and times of day.
 
 Checked here, where the operator's YAML is read, so that a mistyped time is a problem
-sentence naming the file and field; the router's schedules (``router.warmth``) use the
+sentence naming the file and field; the router's schedules (``router.fleet.warm_schedules``) use the
 validated windows.
 """
 

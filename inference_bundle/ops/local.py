@@ -35,7 +35,7 @@ from inference_bundle.ops.local_run import (
 from inference_bundle.ops.router_client import RouterClient
 from inference_bundle.ops.supervise import start_router, stop_router
 from inference_bundle.rendering.specs import server_spec
-from inference_bundle.router.private_files import file_access, write_private
+from inference_bundle.router.store.private_files import file_access, write_private
 
 __all__ = ["DeployError", "deploy", "stop"]
 
@@ -87,7 +87,7 @@ def stop(root: Path, say: Say = print) -> None:
         with contextlib.suppress(Exception):
             catalog = load_catalog(root, run.cluster)
             for entry in catalog.entries:
-                spec = node_runtime.ServerSpec.from_dict(server_spec(entry, catalog.profile))
+                spec = server_spec(entry, catalog.profile)
                 if node_runtime.stop_server(spec, reason="make stop"):
                     say(f"{run.cluster}: stopped the {entry.endpoint.name} server")
         pid_file.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from inference_bundle.config.settings import RouterSettings, load_settings
 from inference_bundle.ops.local_run import DeployError, LocalDeployment
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.auth.keys import create_api_key, holds_key
-from inference_bundle.router.private_files import private_folder, tighten, write_private
+from inference_bundle.router.store.private_files import private_folder, tighten, write_private
 
 # Source folders whose change means the router must be restarted to serve the new code.
 _FINGERPRINTED = ("inference_bundle", "functions/node_runtime", "templates")
@@ -45,7 +45,7 @@ def check_local_inputs(catalog: Catalog) -> None:
     missing = []
     for entry in catalog.enabled():
         spec = server_spec(entry, catalog.profile)
-        for what, path in (("runtime", spec["python"]), ("weights", spec["weights"])):
+        for what, path in (("runtime", spec.python), ("weights", spec.weights)):
             if not Path(path).exists():
                 missing.append(f"{entry.file}: {what} {path} is missing")
     if missing:

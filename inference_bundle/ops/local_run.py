@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import load_settings
-from inference_bundle.router.private_files import FileAccess, open_private, tighten_folder
+from inference_bundle.router.store.private_files import FileAccess, open_private, tighten_folder
 
 Say = Callable[[str], None]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from inference_bundle.config.catalog import Catalog
 from inference_bundle.ops.local_run import DeployError, LocalDeployment, Say
 from inference_bundle.ops.router_client import router_healthy
-from inference_bundle.router.private_files import FileAccess, write_private
+from inference_bundle.router.store.private_files import FileAccess, write_private
 
 
 def start_router(

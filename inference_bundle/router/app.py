@@ -17,12 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from inference_bundle.router.api import batches, files, listings, openai, operations, status, usage
-from inference_bundle.router.dataplane import endpoint as dataplane_endpoint
+from inference_bundle.router.api import batches, files, health, listings, openai, status, usage
+from inference_bundle.router.dataplane import connect_route
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.reload import LimitsWatcher
-from inference_bundle.router.service import RouterService
-from inference_bundle.router.warmth import warm_keeper
+from inference_bundle.router.service import RouterService, warm_keeper
 
 log = logging.getLogger("router")
 
@@ -33,7 +32,7 @@ def create_app(service: RouterService) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.limiter.start()
-        watcher = LimitsWatcher(service)
+        watcher = LimitsWatcher(service.config_path, service.table, service.limiter)
         watcher.start()
         # Batches a previous router left running go on.
         await run_in_threadpool(service.batches.runner.resume_unfinished)
@@ -68,21 +67,26 @@ def api_routes(service: RouterService) -> list[BaseRoute]:
     # operation routes before the model lists, whose 405s then name POST as before.
     plane = service.dispatcher.plane
     return [
-        *(dataplane_endpoint.routes(plane) if plane is not None else []),
+        *(connect_route.routes(plane) if plane is not None else []),
         *batches.routes(service.batches),
         *files.routes(service.batches),
         *usage.routes(service),
         *status.routes(service),
         *openai.routes(service),
         *listings.routes(service),
-        *operations.routes(service),
+        *health.routes(service),
     ]
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
-    """An APIError as its status, headers and OpenAI-shaped body."""
+    """An APIError as its status, headers and OpenAI-shaped body; a model request's error
+    names its request id, as its access-log line does."""
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    headers = dict(exc.headers)
+    request_id = getattr(request.state, "request_id", None)
+    if request_id is not None:
+        headers.setdefault("X-Request-Id", request_id)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

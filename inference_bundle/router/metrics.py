@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 
 from inference_bundle.config.settings import MetricsSettings
 from inference_bundle.router.auth import AuthConfigError
-from inference_bundle.router.private_files import tighten
-from inference_bundle.router.states import ModelState
+from inference_bundle.router.fleet.states import ModelState
+from inference_bundle.router.store.private_files import tighten
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 

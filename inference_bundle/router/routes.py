@@ -5,38 +5,24 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from node_runtime.spec import ServerSpec
 
 from inference_bundle.config.catalog import Catalog, CatalogEntry
-from inference_bundle.config.frameworks import (
-    FRAMEWORKS,
-    GENERATION_PATHS,
-    RERANK_PATHS,
-    FrameworkInfo,
-)
+from inference_bundle.config.frameworks import FRAMEWORKS, FrameworkInfo
+from inference_bundle.config.operations import served_paths
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.errors import APIError, unknown_cluster
-
-# The OpenAI paths each framework serves, by its name (a route's ``framework``).
-FRAMEWORK_PATHS: dict[str, tuple[str, ...]] = {name: f.paths for name, f in FRAMEWORKS.items()}
-# The operations a model of each kind answers, of those its framework serves (vLLM serves
-# an embedding model on /v1/embeddings only, a cross-encoder on rerank and score only).
-KIND_PATHS: dict[str, tuple[str, ...]] = {
-    "chat": GENERATION_PATHS,
-    "vision": GENERATION_PATHS,
-    "base": GENERATION_PATHS,
-    "embedding": ("/v1/embeddings",),
-    "rerank": RERANK_PATHS,
-}
 
 
 @dataclass(frozen=True)
 class Route:
-    """Where one model is served, and the spec its node runtime is sent."""
+    """Where one model is served, and the spec its node runtime is sent (a task carries
+    ``spec.to_dict()``)."""
 
     cluster: str
     entry: CatalogEntry
-    spec: dict[str, Any] = field(hash=False, compare=False)
+    spec: ServerSpec = field(hash=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -62,9 +48,10 @@ class Route:
 
     @property
     def operations(self) -> tuple[str, ...]:
-        """The OpenAI paths this model answers: its framework's, for its kind."""
-        kind = KIND_PATHS[self.entry.endpoint.kind]
-        return tuple(p for p in self.framework_info.paths if p in kind)
+        """The paths this model answers: the operations of its framework, for its kind (vLLM
+        serves an embedding model on /v1/embeddings only, a cross-encoder on rerank and score
+        only)."""
+        return served_paths(self.framework, self.entry.endpoint.kind)
 
 
 # Whether the caller may use a route (auth.may_use with the caller bound); None: anyone.

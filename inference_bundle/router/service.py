@@ -25,7 +25,8 @@ from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, 
 from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.dataplane.plane import DataPlane
-from inference_bundle.router.dispatch import Dispatcher
+from inference_bundle.router.dispatch.dispatcher import Dispatcher
+from inference_bundle.router.dispatch.scheduler_listing import JobListing
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.executors.globus import (
     GlobusExecutor,
@@ -33,24 +34,24 @@ from inference_bundle.router.executors.globus import (
     default_sdk_executor,
 )
 from inference_bundle.router.executors.pool import ExecutorPool, engine_factory
-from inference_bundle.router.joblisting import JobListing
+from inference_bundle.router.fleet.maintenance import Maintenance
+from inference_bundle.router.fleet.placement import Placement
+from inference_bundle.router.fleet.states import ModelStatus, StateTracker
+from inference_bundle.router.fleet.warm_schedules import WarmKeeper
+from inference_bundle.router.host_lookup import HostCheck
 from inference_bundle.router.limits.ledger import Ledger
 from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.limits.reload import check_limits
-from inference_bundle.router.maintenance import Maintenance
-from inference_bundle.router.media import HostCheck
 from inference_bundle.router.metrics import Metrics, metrics_token
-from inference_bundle.router.placement import Placement
-from inference_bundle.router.private_files import (
+from inference_bundle.router.routes import Route, RouteTable
+from inference_bundle.router.store import Database, open_database
+from inference_bundle.router.store.private_files import (
     file_access,
     open_private,
     private_folder,
     tighten,
     tighten_folder,
 )
-from inference_bundle.router.routes import RouteTable
-from inference_bundle.router.states import StateTracker
-from inference_bundle.router.store import Database, open_database
 
 
 @dataclass
@@ -93,7 +94,7 @@ def build_service(
     check_limits(settings.limits, table, config_path)
     tracker = StateTracker()
     for route in table.routes():
-        tracker.register(route.endpoint_name, float(route.spec["idle_timeout_s"]))
+        tracker.register(route.endpoint_name, route.spec.idle_timeout_s)
     state_dir = state_folder(settings, root)
     _make_private(settings, root, state_dir, config_path)
     closers: list[Callable[[], None]] = []
@@ -163,7 +164,7 @@ def build_service(
 
 def _placement(tracker: StateTracker, dispatcher: Dispatcher) -> Placement:
     """Where a model is hot: the tracker's states, the data plane's connections, the
-    scheduler's estimates and the maintenance windows (``router.placement``)."""
+    scheduler's estimates and the maintenance windows (``router.fleet.placement``)."""
     plane = dispatcher.plane
     return Placement(
         tracker,
@@ -178,9 +179,7 @@ def _limiter(
 ) -> Limiter:
     """Limits and usage records over the store. A reservation outlives the longest a request
     may take (its wait for a start, then its answer) before it lapses on its own."""
-    longest = max(
-        (float(r.spec.get("request_timeout_s", 600)) for r in table.routes()), default=600
-    )
+    longest = max((r.spec.request_timeout_s for r in table.routes()), default=600.0)
 
     def count_tokens(model: str, prompt: int, completion: int) -> None:
         metrics.tokens.labels(model, "prompt").inc(prompt)
@@ -302,3 +301,21 @@ def _check_groups(settings: RouterSettings, table: RouteTable) -> None:
             + "; ".join(unknown)
             + ". Add each group's id there."
         )
+
+
+def warm_keeper(service: RouterService) -> WarmKeeper:
+    """The keeper of a router's warm schedules, sending through its dispatcher."""
+    dispatcher = service.dispatcher
+    maintenance = dispatcher.maintenance
+    if maintenance is None:  # a dispatcher built without profiles: no schedule to read
+        return WarmKeeper([], Maintenance({}), dispatcher.ensure, _never_asked)
+    return WarmKeeper(
+        service.table.routes(),
+        maintenance,
+        dispatcher.ensure,
+        lambda route: service.tracker.status(route.endpoint_name),
+    )
+
+
+def _never_asked(route: Route) -> ModelStatus:
+    raise AssertionError("a keeper without routes asked for a status")

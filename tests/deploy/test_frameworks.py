@@ -10,11 +10,12 @@ import node_runtime.frameworks as node_frameworks
 import pytest
 
 from inference_bundle.config.catalog import load_catalog
-from inference_bundle.config.frameworks import FRAMEWORKS, Framework
+from inference_bundle.config.frameworks import FRAMEWORKS
+from inference_bundle.config.kinds import Framework
+from inference_bundle.config.operations import MODELS_PATH
 from inference_bundle.config.problems import CatalogError, ConfigError, RegistryError
 from inference_bundle.config.registry import load_registry
 from inference_bundle.rendering.specs import server_spec
-from inference_bundle.router.routes import FRAMEWORK_PATHS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,8 +25,8 @@ def test_every_framework_name_has_its_entry() -> None:
     assert all(info.name == name for name, info in FRAMEWORKS.items())
 
 
-def test_the_router_serves_the_paths_the_entries_list() -> None:
-    assert FRAMEWORK_PATHS == {
+def test_the_router_serves_the_paths_the_operations_list() -> None:
+    assert {name: info.paths for name, info in FRAMEWORKS.items()} == {
         "vllm": (
             "/v1/chat/completions",
             "/v1/completions",
@@ -48,7 +49,7 @@ def test_specs_take_their_flags_from_the_entry(monkeypatch: pytest.MonkeyPatch) 
     entry = next(e for e in catalog.entries if e.endpoint.framework == "infinity")
     flagged = dataclasses.replace(FRAMEWORKS["infinity"], server_flags=lambda ep, p: ["--x"])
     monkeypatch.setitem(FRAMEWORKS, "infinity", flagged)
-    assert server_spec(entry, catalog.profile)["args"] == ["--x"]
+    assert server_spec(entry, catalog.profile).args == ("--x",)
 
 
 def test_the_catalog_rules_read_the_entries(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,5 +80,8 @@ def test_the_config_and_the_node_runtime_know_the_same_frameworks() -> None:
     """A framework added on one side only would render endpoints no node can serve."""
     assert sorted(FRAMEWORKS) == sorted(node_frameworks.names())
     for name, info in FRAMEWORKS.items():
-        served = {path for _method, path in node_frameworks.framework(name).operations}
-        assert set(info.paths) - {"/v1/models"} <= served, name
+        node = node_frameworks.framework(name).operations
+        # Both ways: every operation the router sends a framework, the node forwards as a
+        # POST (the model list as a GET), and the node forwards nothing the router never sends.
+        expected = {("POST", path) for path in info.paths if path != MODELS_PATH}
+        assert node == expected | {("GET", MODELS_PATH)}, name

@@ -23,6 +23,7 @@ from node_runtime.dialout.node_key import digest
 
 from inference_bundle.router.app import create_app
 from inference_bundle.router.dataplane.plane import DataPlane
+from inference_bundle.router.node_envelope import NodeReport
 from tests.router.conftest import Harness
 
 TINY = "local/tiny-llama"
@@ -137,7 +138,7 @@ class PacedModel:
 @dataclass
 class Node:
     agent: Agent
-    model: PacedModel
+    model: Any  # PacedModel, unless the test brings a model of its own
     folder: Path
     task: asyncio.Task[None]
 
@@ -210,11 +211,14 @@ async def serving(make_harness: Callable[..., Harness], tmp_path: Path) -> Async
         )
 
     async def start_node(
-        server_id: str, token: str | None = None, routers: list[Router] | None = None
+        server_id: str,
+        token: str | None = None,
+        routers: list[Router] | None = None,
+        model: Any = None,
     ) -> Node:
         folder = tmp_path / server_id
         folder.mkdir()
-        model = PacedModel()
+        model = model or PacedModel()
         agent = Agent(model, str(folder), server_id)
         for router in routers or [first]:
             vouch(router, server_id, agent)
@@ -250,9 +254,7 @@ async def serving(make_harness: Callable[..., Harness], tmp_path: Path) -> Async
 
 def vouch(router: Router, server_id: str, agent: Agent) -> None:
     """What the task that wrote a dial reports to its router: the server's key."""
-    router.plane.keys.vouch(
-        ENDPOINT, {"node": {"server_id": server_id, "key": digest(agent.secret)}}
-    )
+    router.plane.keys.vouch(ENDPOINT, NodeReport("fake-node", server_id, digest(agent.secret)))
 
 
 async def connected(plane: DataPlane, count: int = 1) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 from inference_bundle.config.catalog import WarmWindow, load_catalog
 from inference_bundle.config.profiles import MaintenanceWindow
 from inference_bundle.rendering.specs import server_spec
-from inference_bundle.router.maintenance import Maintenance
+from inference_bundle.router.fleet.maintenance import Maintenance
+from inference_bundle.router.fleet.states import ModelState, ModelStatus
 from inference_bundle.router.routes import Route
-from inference_bundle.router.states import ModelState, ModelStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "local/tiny-llama"

@@ -12,13 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from inference_bundle.config.operations import batch_paths
 from inference_bundle.router.api.common import authenticate, bound_route, read_json_object
 from inference_bundle.router.batches.safe_paths import user_text
 from inference_bundle.router.batches.service import BatchService, first_model
 from inference_bundle.router.batches.store import BatchRecord, new_id
 from inference_bundle.router.batches.validation import (
-    EMBEDDING_URLS,
-    GENERATION_URLS,
     supported_urls,
 )
 from inference_bundle.router.errors import APIError
@@ -108,10 +107,10 @@ async def openai_create(batches: BatchService, request: Request) -> Response:
             param="completion_window",
         )
     endpoint = body.get("endpoint")
-    if endpoint not in GENERATION_URLS + EMBEDDING_URLS:
+    if endpoint not in batch_paths():
         raise APIError(
             400,
-            f"endpoint is {endpoint!r}; use one of {', '.join(GENERATION_URLS + EMBEDDING_URLS)}.",
+            f"endpoint is {endpoint!r}; use one of {', '.join(batch_paths())}.",
             param="endpoint",
         )
     metadata = _metadata(body.get("metadata"))

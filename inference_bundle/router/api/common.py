@@ -12,8 +12,9 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from inference_bundle.router import jsonsafe
+from inference_bundle.router.api.body_reading import read_limited
+from inference_bundle.router.api.multipart_form import Form, parse_form
 from inference_bundle.router.auth import Authenticator, Caller
-from inference_bundle.router.bodies import read_limited
 from inference_bundle.router.errors import APIError, unknown_cluster
 from inference_bundle.router.routes import RouteTable
 
@@ -66,6 +67,17 @@ async def read_json(request: Request, limit: int) -> Any:
         code="request_too_large",
     )
     return _parsed(await read_limited(request, limit, too_large))
+
+
+async def read_form(request: Request, limit: int) -> Form:
+    """An operation's multipart/form-data body, at most ``limit`` bytes, parsed."""
+    too_large = APIError(
+        413,
+        f"The request body is larger than {_size(limit)}; send less per request.",
+        code="request_too_large",
+    )
+    raw = await read_limited(request, limit, too_large)
+    return parse_form(request.headers.get("content-type", ""), raw)
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

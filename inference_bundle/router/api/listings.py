@@ -1,6 +1,6 @@
 """What a caller may see: the models, every cluster's endpoints, and the scheduler's jobs.
 
-/jobs and /list-endpoints carry each waiting model's estimate (``router.eta``):
+/jobs and /list-endpoints carry each waiting model's estimate (``router.fleet.estimates``):
 ``estimated_start``, ``estimated_ready_at`` (ISO 8601, UTC), ``estimated_wait_s``,
 ``estimate_basis``, ``queue_position`` and ``last_start_s``; None where unknown.
 """
@@ -11,18 +11,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from node_runtime.states import JobState
+from node_runtime.state_names import JobState
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from inference_bundle.router.api.common import authenticate, bound_route, require_cluster
 from inference_bundle.router.auth import Caller, may_use
-from inference_bundle.router.dispatch import job_of
-from inference_bundle.router.eta import estimate
-from inference_bundle.router.routes import FRAMEWORK_PATHS, Route
+from inference_bundle.router.dispatch.job_lookup import job_of
+from inference_bundle.router.fleet.estimates import estimate
+from inference_bundle.router.fleet.states import ModelState
+from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
-from inference_bundle.router.states import ModelState
 
 
 def routes(service: RouterService) -> list[BaseRoute]:
@@ -78,7 +78,7 @@ async def list_endpoints(service: RouterService, request: Request) -> Response:
                 "models": [],
                 "endpoints": {
                     p.removeprefix("/v1/").replace("/", "_"): f"{base}/{route.framework}{p}"
-                    for p in FRAMEWORK_PATHS[route.framework]
+                    for p in route.framework_info.paths
                 },
             },
         )

@@ -1,14 +1,13 @@
 """The model operations: OpenAI's chat, completions, Responses and embeddings, Anthropic's
 Messages, rerank and score, and the tokenizer; streamed or whole.
 
-Streams are ``streams.py``'s; how an answer is named, shaped and recorded, ``answers.py``'s.
+Streams are ``stream_response.py``'s; how an answer is named, shaped and recorded, ``answers.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -17,33 +16,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
-from inference_bundle.config.frameworks import FRAMEWORKS
-from inference_bundle.router.api import placing, streams
-from inference_bundle.router.api.answers import (
-    CLIENT_CLOSED,
-    TICKET,
-    USAGE_STREAMS,
-    answer_body,
-    record,
-)
-from inference_bundle.router.api.common import authenticate, bound_route, read_json
+from inference_bundle.config.operation_bodies import RequestBody
+from inference_bundle.config.operations import Operation, by_user_path
+from inference_bundle.router.api import failover, stream_response
+from inference_bundle.router.api.body_checks import validate
+from inference_bundle.router.api.common import authenticate, bound_route, read_form, read_json
+from inference_bundle.router.api.media_checks import media_urls
+from inference_bundle.router.api.multipart_form import Form
+from inference_bundle.router.api.records import CLIENT_CLOSED, answer_body, record
+from inference_bundle.router.api.request_context import RequestContext
 from inference_bundle.router.auth import allowed_routes, check_access
-from inference_bundle.router.dispatch import Answer
+from inference_bundle.router.auth.callers import Caller
+from inference_bundle.router.dispatch.answers import Answer
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.limiter import Ticket
-from inference_bundle.router.media import media_urls
 from inference_bundle.router.routes import check_framework, check_operation
-from inference_bundle.router.schemas import validate
 from inference_bundle.router.service import RouterService
-
-# Every POST operation some framework serves (config/frameworks.py), by its URL tail after a
-# base URL's /v1: "chat/completions", and "tokenize" for the tokenizer at vLLM's root.
-OPERATION_PATHS = {
-    path.removeprefix("/v1/").lstrip("/"): path
-    for info in FRAMEWORKS.values()
-    for path in info.paths
-    if path != "/v1/models"
-}
 
 
 def routes(service: RouterService) -> list[BaseRoute]:
@@ -59,115 +47,171 @@ def routes(service: RouterService) -> list[BaseRoute]:
 
 async def operation(service: RouterService, request: Request) -> Response:
     """POST an OpenAI operation: the model's answer, or a stream of it."""
-    path = OPERATION_PATHS.get(request.path_params["operation"])
-    if path is None:
+    found = by_user_path(request.path_params["operation"])
+    if found is None:
         raise APIError(404, f"Unknown operation {request.url.path}.", code="not_found")
-    return await _serve(service, request, path)
+    return await _serve(service, request, found)
 
 
-async def _serve(service: RouterService, request: Request, path: str) -> Response:
-    began = time.monotonic()
+async def _serve(service: RouterService, request: Request, op: Operation) -> Response:
+    """Authenticate, read and check the body, place it, admit it, send it; each step records
+    what it refuses."""
     request_id = uuid.uuid4().hex[:16]
     request.state.request_id = request_id
     caller = await authenticate(service.authenticator, request)
-    framework = request.path_params.get("framework")
-    body = await read_json(request, service.settings.max_body_bytes)
-    parsed = validate(path, body)
-    # Before a model is placed or started for it: media vLLM would fail on is a 400.
+    body, parsed, form = await _read(service, request, op)
+    placed = await _place(service, request, caller, op, parsed)
+    route = placed.route
+    ctx = RequestContext(
+        op,
+        caller,
+        parsed.model,
+        route,
+        group=service.limiter.rules.group_of(route.cluster, caller.groups),
+        stream=parsed.stream,
+        include_usage=bool((parsed.stream_options or {}).get("include_usage")),
+        request_id=request_id,
+        headers={"X-Request-Id": request_id, failover.CLUSTER_HEADER: route.cluster},
+    )
+    await _admit(service, ctx, body)
+    runtime_request = _runtime_request(service, ctx, body, form)
+    if ctx.stream:
+        return await _send_stream(service, placed, ctx, runtime_request)
+    return await _send_whole(service, request, placed, ctx, runtime_request)
+
+
+async def _read(
+    service: RouterService, request: Request, op: Operation
+) -> tuple[dict[str, Any], RequestBody, Form | None]:
+    """The body, read as its operation says (JSON, or a form whose text fields are checked
+    alike) and checked; media vLLM would fail on is a 400 here, before a model is placed or
+    started for it."""
+    limit = service.settings.max_body_bytes
+    form = await read_form(request, limit) if op.body == "multipart" else None
+    body = form.fields() if form is not None else await read_json(request, limit)
+    parsed = validate(op, body)
     urls = media_urls(body)
     if urls and service.settings.check_media_hosts:
         await service.media_hosts.check(urls)
+    return body, parsed, form
+
+
+async def _place(
+    service: RouterService, request: Request, caller: Caller, op: Operation, parsed: RequestBody
+) -> failover.Placed:
+    """The routes to try, best first: the cluster the URL or the pin header names; on /v1,
+    the best of those serving it. Access is checked before any word on where the model is
+    served: a caller who may not use it learns nothing more than its name, which they typed."""
     auth = service.settings.auth
-    # Access before any word on where the model is served: a caller who may not use it
-    # learns nothing more than its name, which they typed.
-    # The cluster the URL or the pin header names; on /v1, the best of those serving it.
-    placed = await placing.place(service, request, parsed.model, path, allowed_routes(caller, auth))
+    placed = await failover.place(
+        service, request, parsed.model, op.path, allowed_routes(caller, auth)
+    )
     route = placed.route
     check_access(caller, auth, route.cluster, route.entry.endpoint.groups)
-    check_operation(route, parsed.model, path)
+    check_operation(route, parsed.model, op.path)
+    framework = request.path_params.get("framework")
     if framework is not None:
         check_framework(route, parsed.model, framework)
-    check_n(body, service.settings.limits.max_n)
-    context: dict[str, Any] = {
-        "request_id": request_id,
-        "user": caller.user,
-        "model": route.model,
-        "cluster": route.cluster,
-        "operation": path,
-        "stream": parsed.stream,
-        "group": service.limiter.rules.group_of(route.cluster, caller.groups),
-    }
+    check_n(parsed.model_extra or {}, service.settings.limits.max_n)
+    return placed
+
+
+async def _admit(service: RouterService, ctx: RequestContext, body: dict[str, Any]) -> None:
+    """Hold the request's cost on its limits; a refusal is recorded (no tokens) and raised."""
+    route, caller = ctx.route, ctx.caller
     try:
-        ticket = await service.limiter.admit(
-            request_id, caller.user, caller.groups, route.cluster, route.model, path, body
+        ctx.ticket = await service.limiter.admit(
+            ctx.request_id, caller.user, caller.groups, route.cluster, route.model, ctx.path, body
         )
     except APIError as err:
         if err.status == 429:
             service.metrics.refusals.labels(err.extra.get("limit", "")).inc()
             # A usage record of its own (no tokens): who was refused, and when.
-            context[TICKET] = Ticket(
-                request_id, caller.user, context["group"], route.model, route.cluster, path,
-                cost=None, counters=(),
+            ctx.ticket = Ticket(
+                ctx.request_id, caller.user, ctx.group, route.model, route.cluster,
+                ctx.path, cost=None, counters=(),
             )  # fmt: skip
-        err.headers.setdefault("X-Request-Id", request_id)
-        err.headers.setdefault(placing.CLUSTER_HEADER, route.cluster)
-        record(service, context, err.status, began, None)
+        err.headers.setdefault("X-Request-Id", ctx.request_id)
+        err.headers.setdefault(failover.CLUSTER_HEADER, route.cluster)
+        record(service, ctx, err.status, None)
         raise
-    context[TICKET] = ticket
-    # The backend serves the model under its served name only; an alias is the router's.
-    forward = {**body, "model": route.model}
-    include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-    if parsed.stream and path in USAGE_STREAMS:
+
+
+def _runtime_request(
+    service: RouterService, ctx: RequestContext, body: dict[str, Any], form: Form | None
+) -> dict[str, Any]:
+    """What the server is sent: the body under the served name (an alias is the router's),
+    asking for a stream's usage when the router charges it. A form travels as its bytes
+    (``raw``), which only a server's connection carries."""
+    forward = {**body, "model": ctx.model}
+    if ctx.stream and ctx.operation.usage_in_stream:
         # The usage to charge comes in a stream's last chunk, sent only when asked for;
-        # the relay takes it out again when the client did not ask (api/streams.py).
-        forward["stream_options"] = {**(parsed.stream_options or {}), "include_usage": True}
-    runtime_request = {"method": "POST", "path": path, "body": forward}
+        # the relay takes it out again when the client did not ask (api/stream_response.py).
+        asked = forward.get("stream_options")
+        forward["stream_options"] = {**(asked or {}), "include_usage": True}
     if service.settings.log_prompts:
-        context["body"] = forward
-    # The placement moves the request on while nothing was answered; headers then follow.
-    headers = {"X-Request-Id": request_id, placing.CLUSTER_HEADER: route.cluster}
-    if parsed.stream:
-        try:
-            # Connected: the server's own status and events, nothing to wait for.
-            outcome = await placed.stream(runtime_request, context, headers)
-        except APIError as err:
-            record(service, context, err.status, began, None)
-            raise
-        route, runtime_request = placed.route, placed.request_for(runtime_request)
-        if outcome is not None:
-            return placed.watched(
-                await streams.streamed_response(
-                    service, outcome, path, include_usage, began, context, parsed.model, headers
-                )
-            )
-        events = streams.waiting_stream(
-            service, route, runtime_request, path, include_usage, began, context, parsed.model
-        )
-        return placed.watched(
-            StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", **headers},
-            )
-        )
+        ctx.logged_body = forward
+    request: dict[str, Any] = {"method": "POST", "path": ctx.path, "body": forward}
+    if form is not None:
+        named = form.with_field("model", ctx.model)
+        request.update(raw=named.encode(), content_type=named.content_type())
+    return request
+
+
+async def _send_stream(
+    service: RouterService,
+    placed: failover.Placed,
+    ctx: RequestContext,
+    runtime_request: dict[str, Any],
+) -> Response:
+    """A stream: the connected server's own status and events, or a stream that begins at
+    once and says the model's state while it starts."""
     try:
-        answer = await _unless_client_leaves(
-            request, placed.send(runtime_request, context, headers)
-        )
-        route = placed.route
+        # The placement moves the request on while nothing was answered.
+        outcome = await placed.stream(runtime_request, ctx)
     except APIError as err:
-        record(service, context, err.status, began, None)
+        record(service, ctx, err.status, None)
+        raise
+    if outcome is not None:
+        return placed.watched(await stream_response.streamed_response(service, outcome, ctx))
+    events = stream_response.waiting_stream(
+        service, placed.route, placed.request_for(runtime_request), ctx
+    )
+    return placed.watched(
+        StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", **ctx.headers},
+        )
+    )
+
+
+async def _send_whole(
+    service: RouterService,
+    request: Request,
+    placed: failover.Placed,
+    ctx: RequestContext,
+    runtime_request: dict[str, Any],
+) -> Response:
+    """A whole answer, as the server wrote it when nothing needs renaming."""
+    try:
+        answer = await _unless_client_leaves(request, placed.send(runtime_request, ctx))
+    except APIError as err:
+        record(service, ctx, err.status, None)
         raise
     except ClientLeft:
-        record(service, context, CLIENT_CLOSED, began, None)
+        record(service, ctx, CLIENT_CLOSED, None)
         return Response(status_code=CLIENT_CLOSED)
-    record(service, context, answer.status, began, answer)
-    if answer.raw is not None and answer.status < 400 and parsed.model == route.model:
+    record(service, ctx, answer.status, answer)
+    if answer.raw is not None and answer.status < 400 and ctx.asked == ctx.model:
         return Response(
-            answer.raw, status_code=answer.status, media_type="application/json", headers=headers
+            answer.raw,
+            status_code=answer.status,
+            media_type="application/json",
+            headers=ctx.headers,
         )
     return JSONResponse(
-        answer_body(answer.decoded(), parsed.model), status_code=answer.status, headers=headers
+        answer_body(answer.decoded(), ctx.asked), status_code=answer.status, headers=ctx.headers
     )
 
 

@@ -29,9 +29,9 @@ from starlette.routing import BaseRoute
 from inference_bundle.router.api.batches import batch_object
 from inference_bundle.router.api.common import authenticate, bound_route
 from inference_bundle.router.auth import Caller, may_use
+from inference_bundle.router.fleet.states import ModelState
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
-from inference_bundle.router.states import ModelState
 
 RECENT_S = 3600  # "the last hour" of requests and tokens per model
 ERRORS_SINCE_S = 24 * 3600  # the last errors are looked for this far back (a bounded scan)
@@ -120,7 +120,7 @@ async def status(source: StatusSource, request: Request) -> Response:
 
 
 def maintenance_notice(service: RouterService, cluster: str) -> dict[str, Any] | None:
-    """The cluster's current or next maintenance window (``router.maintenance``); None when
+    """The cluster's current or next maintenance window (``router.fleet.maintenance``); None when
     its profile plans none."""
     maintenance = service.dispatcher.maintenance
     return None if maintenance is None else maintenance.notice(cluster)

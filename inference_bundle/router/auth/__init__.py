@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from inference_bundle.config.settings import AuthSettings, KeysAuthSettings
-from inference_bundle.router.auth.credentials import AuthConfigError, Authenticator, Caller
+from inference_bundle.router.auth.callers import AuthConfigError, Authenticator, Caller
 from inference_bundle.router.auth.globus import GlobusAuthenticator
 from inference_bundle.router.auth.keys import (
     ApiKeyEntry,

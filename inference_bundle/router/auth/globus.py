@@ -16,7 +16,7 @@ from globus_sdk.scopes import GroupsScopes
 
 from inference_bundle.config.settings import GlobusAuthSettings
 from inference_bundle.router.auth.cache import ExpiringCache
-from inference_bundle.router.auth.credentials import (
+from inference_bundle.router.auth.callers import (
     Caller,
     admin_names,
     bearer_credential,

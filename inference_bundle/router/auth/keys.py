@@ -27,7 +27,7 @@ from pathlib import Path
 from time import time_ns
 from typing import Any
 
-from inference_bundle.router.auth.credentials import (
+from inference_bundle.router.auth.callers import (
     AuthConfigError,
     Caller,
     admin_names,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from inference_bundle.config.settings import AuthSettings
-from inference_bundle.router.auth.credentials import Caller
+from inference_bundle.router.auth.callers import Caller
 from inference_bundle.router.errors import APIError
 
 if TYPE_CHECKING:

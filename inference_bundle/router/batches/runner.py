@@ -224,7 +224,7 @@ class BatchRunner:
             future = executor.submit(
                 run_batch,
                 self.runtime_version,
-                route.spec,
+                route.spec.to_dict(),
                 str(folder),
                 self.concurrency,
                 publish_target(batch),

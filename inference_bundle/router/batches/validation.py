@@ -6,14 +6,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference_bundle.config.operations import batch_paths
 from inference_bundle.router import jsonsafe
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.routes import Route
 
 MAX_REQUESTS = 150_000
 SHOWN_PROBLEMS = 20
-GENERATION_URLS = ("/v1/chat/completions", "/v1/completions")
-EMBEDDING_URLS = ("/v1/embeddings",)
 
 
 def check_batch_model(route: Route) -> None:
@@ -31,8 +30,8 @@ def check_batch_model(route: Route) -> None:
 
 
 def supported_urls(route: Route) -> tuple[str, ...]:
-    """The request urls a batch line may use for this model."""
-    return EMBEDDING_URLS if route.entry.endpoint.kind == "embedding" else GENERATION_URLS
+    """The request urls a batch line may use for this model (its kind's batch operations)."""
+    return batch_paths(route.entry.endpoint.kind)
 
 
 @dataclass(frozen=True)

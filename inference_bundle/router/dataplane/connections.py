@@ -174,7 +174,9 @@ class NodeConnection:
     def in_flight(self) -> int:
         return len(self.relays)
 
-    async def open(self, method: str, path: str, body: bytes) -> Relay:
+    async def open(
+        self, method: str, path: str, body: bytes, content_type: str = "application/json"
+    ) -> Relay:
         """Send a request down this connection; NodeGone if it is closed (nothing was sent)."""
         if self.closed:
             raise NodeGone("the model server's connection closed")
@@ -182,7 +184,10 @@ class NodeConnection:
         relay = Relay(self, self._next_id, self.window)
         self.relays[relay.stream_id] = relay
         try:
-            for record in wire.request_records(relay.stream_id, method, path, body, self.window):
+            records = wire.request_records(
+                relay.stream_id, method, path, body, self.window, content_type
+            )
+            for record in records:
                 if relay.ended:
                     break  # cancelled while its body was on the way
                 await self.send(record)

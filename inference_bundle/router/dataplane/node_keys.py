@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Mapping
-from typing import Any
+
+from inference_bundle.router.node_envelope import NodeReport
 
 # How long a dial waits for the envelope that vouches for its server: a task writes the dial
 # file just before it returns, so the envelope is normally here first.
@@ -28,17 +28,14 @@ class NodeKeys:
         self._digests: dict[tuple[str, str], str] = {}
         self._arrivals: dict[tuple[str, str], asyncio.Event] = {}
 
-    def vouch(self, endpoint: str, envelope: Mapping[str, Any]) -> None:
+    def vouch(self, endpoint: str, node: NodeReport | None) -> None:
         """Take the server and key digest a task's envelope reports, if it reports them."""
-        node = envelope.get("node")
-        if not isinstance(node, Mapping):
+        if node is None or node.key is None:
             return
-        server_id, digest = node.get("server_id"), node.get("key")
-        if isinstance(server_id, str) and isinstance(digest, str):
-            self._digests[(endpoint, server_id)] = digest
-            arrival = self._arrivals.pop((endpoint, server_id), None)
-            if arrival is not None:
-                arrival.set()
+        self._digests[(endpoint, node.server_id)] = node.key
+        arrival = self._arrivals.pop((endpoint, node.server_id), None)
+        if arrival is not None:
+            arrival.set()
 
     def forget(self, endpoint: str, server_id: str) -> None:
         """The server stopped: its key proves nothing any more."""

@@ -7,8 +7,9 @@ from typing import Any
 
 from inference_bundle.config.settings import DataPlaneSettings
 from inference_bundle.router.dataplane.connections import ConnectionHub, NodeConnection
-from inference_bundle.router.dataplane.credentials import Credentials
+from inference_bundle.router.dataplane.node_credentials import Credentials
 from inference_bundle.router.dataplane.node_keys import NodeKeys
+from inference_bundle.router.node_envelope import Envelope
 from inference_bundle.router.routes import Route
 
 
@@ -34,9 +35,9 @@ class DataPlane:
             "ca_file": self.settings.ca_file,
         }
 
-    def vouch(self, route: Route, envelope: dict[str, Any]) -> None:
+    def vouch(self, route: Route, envelope: Envelope) -> None:
         """A task's envelope names its server and that server's key: dials that prove it."""
-        self.keys.vouch(route.endpoint_name, envelope)
+        self.keys.vouch(route.endpoint_name, envelope.node)
 
     def pick(self, route: Route) -> NodeConnection | None:
         """The least busy live connection of the route's endpoint."""

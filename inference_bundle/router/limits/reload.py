@@ -11,26 +11,26 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
 from inference_bundle.config.problems import ConfigError
 from inference_bundle.config.settings import LimitsSettings, load_settings
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.limits.limiter import Limiter
 from inference_bundle.router.routes import RouteTable
-
-if TYPE_CHECKING:
-    from inference_bundle.router.service import RouterService
 
 log = logging.getLogger("router.limits")
 CHECK_EVERY_S = 1.0
 
 
 class LimitsWatcher:
-    def __init__(self, service: RouterService) -> None:
-        self.service = service
-        self.path = service.config_path
+    """Rereads the router's settings file when it changes; applies its limits if they hold."""
+
+    def __init__(self, path: Path | None, table: RouteTable, limiter: Limiter) -> None:
+        self.table = table
+        self.limiter = limiter
+        self.path = path
         self._stamp = _stamp(self.path) if self.path else None
         self._task: asyncio.Task[None] | None = None
 
@@ -56,10 +56,9 @@ class LimitsWatcher:
     def reload(self) -> bool:
         """Apply the file's limits if it validates; whether they were applied."""
         assert self.path is not None
-        service = self.service
         try:
             settings = load_settings(self.path, self.path.parent)
-            check_limits(settings.limits, service.table, self.path)
+            check_limits(settings.limits, self.table, self.path)
         except ConfigError as err:
             for problem in err.problems:
                 log.error("limits not reloaded: %s", problem)
@@ -67,9 +66,9 @@ class LimitsWatcher:
         except LimitsConfigError as err:
             log.error("limits not reloaded: %s", err)
             return False
-        if settings.limits == service.limiter.rules.settings:
+        if settings.limits == self.limiter.rules.settings:
             return False
-        service.limiter.update(settings.limits)
+        self.limiter.update(settings.limits)
         log.info("limits reloaded from %s", self.path)
         return True
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inference_bundle.config.operations import operation
 from inference_bundle.config.settings import LimitsSettings, LimitValues
 
 LIMIT_FIELDS = tuple(LimitValues.model_fields)
@@ -134,33 +135,21 @@ class Rules:
         return tuple(counters)
 
 
-# The operations that generate tokens, and the fields other operations read as input.
-GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
-_INPUT_KEYS = ("input", "text", "query", "documents", "text_1", "text_2", "queries", "prompt",
-               "messages")  # fmt: skip
-
-
 def estimate(path: str, body: dict[str, Any], settings: LimitsSettings) -> Cost:
     """What a request will cost, at most as far as can be told before the backend counts.
 
-    The prompt: its text's UTF-8 bytes / ``prompt_bytes_per_token``, plus a little per
-    message for the chat template, and a fixed amount for each image or audio part. The
-    completion: ``n`` times ``max_tokens`` (or ``max_completion_tokens``, or
-    ``default_max_tokens``); nothing for embeddings and other operations that generate none.
+    The prompt: the text of the operation's prompt fields (``config.operations``), its UTF-8
+    bytes / ``prompt_bytes_per_token``, plus a little per message for the chat template, and
+    a fixed amount for each image or audio part. The completion, for an operation that
+    generates: ``n`` times ``max_tokens`` (or ``max_completion_tokens``, or
+    ``default_max_tokens``).
     """
-    if path in ("/v1/chat/completions", "/v1/responses", "/v1/messages"):
-        messages = body.get("messages", body.get("input"))
-        count = len(messages) if isinstance(messages, list) else 1
-        # Messages' system prompt and Responses' instructions are outside the messages.
-        preamble = [body.get("system"), body.get("instructions")]
-        prompt = _tokens([messages, preamble], settings) + PER_MESSAGE_TOKENS * count
-    elif path == "/v1/completions":
-        prompt = _tokens(body.get("prompt"), settings)
-    else:
-        # Embeddings' input; rerank's query and documents; score's texts; the tokenizer's
-        # prompt or messages.
-        prompt = _tokens([body.get(key) for key in _INPUT_KEYS], settings)
-    if path not in GENERATING:
+    op = operation(path)
+    prompt = _tokens([body.get(name) for name in op.prompt_fields], settings)
+    if op.messages_field is not None:
+        messages = body.get(op.messages_field)
+        prompt += PER_MESSAGE_TOKENS * (len(messages) if isinstance(messages, list) else 1)
+    if not op.generates:
         return Cost(prompt, 0)
     asked = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
     per_choice = _count(asked) or settings.default_max_tokens

@@ -11,14 +11,6 @@ import os
 from pathlib import Path
 
 from inference_bundle.config.settings import RouterSettings
-from inference_bundle.router.private_files import (
-    OWNER_ONLY,
-    FileAccess,
-    file_access,
-    open_private,
-    private_folder,
-    tighten,
-)
 from inference_bundle.router.store.database import (
     Database,
     PostgresDatabase,
@@ -27,6 +19,14 @@ from inference_bundle.router.store.database import (
     Transaction,
 )
 from inference_bundle.router.store.migrations import SchemaTooNew, migrate
+from inference_bundle.router.store.private_files import (
+    OWNER_ONLY,
+    FileAccess,
+    file_access,
+    open_private,
+    private_folder,
+    tighten,
+)
 
 __all__ = [
     "Database",
