@@ -56,6 +56,11 @@ class Endpoint(BaseModel):
     stop_grace_s: int | None = Field(default=None, ge=0, description="default: the profile's")
     walltime: Walltime | None = Field(default=None, description="default: the profile's")
     groups: list[str] = Field(default_factory=list, description="allowed groups; empty: all")
+    cache_isolation: Literal["user", "group", "none"] = Field(
+        default="user",
+        description="whose requests may share the server's prefix cache: each user's own "
+        "(default), each group's, or everyone's",
+    )
     enabled: bool = True
     disabled_reason: str | None = None
     keep_warm: list[WarmWindow] = Field(

@@ -57,6 +57,7 @@ class Operation:
     usage_in_stream: bool = False  # the router asks for the stream's usage, to charge it
     stream: StreamStyle = "text_chunks"
     batch: bool = False  # batch lines may use it
+    cache_salt: bool = False  # vLLM takes a cache_salt: the router keeps prefix caches private
 
     @property
     def user_path(self) -> str:
@@ -121,6 +122,7 @@ for _operation in (
         usage_in_stream=True,
         stream="chat_chunks",
         batch=True,
+        cache_salt=True,
     ),
     _generation(
         "/v1/completions",
@@ -129,6 +131,7 @@ for _operation in (
         generates=True,
         usage_in_stream=True,
         batch=True,
+        cache_salt=True,
     ),
     _generation(
         "/v1/responses",
@@ -137,6 +140,7 @@ for _operation in (
         messages_field="input",
         generates=True,
         stream="responses",
+        cache_salt=True,
     ),
     _generation(
         "/v1/messages",
@@ -145,6 +149,7 @@ for _operation in (
         messages_field="messages",
         generates=True,
         stream="messages",
+        cache_salt=True,
     ),
     _generation("/tokenize"),
     _generation("/detokenize"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from prometheus_client.registry import Collector
 from inference_bundle.config.settings import MetricsSettings
 from inference_bundle.router.auth import AuthConfigError
 from inference_bundle.router.fleet.states import ModelState
-from inference_bundle.router.store.private_files import tighten
+from inference_bundle.router.store.private_files import made_secret
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
 
@@ -91,16 +89,8 @@ def metrics_token(settings: MetricsSettings, state_dir: Path) -> str | None:
         return None
     path = Path(settings.token_file)
     path = path if path.is_absolute() else state_dir / path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        tighten(path)  # a secret: the account's only, whatever file_group says
-    else:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-    try:
-        token = path.read_text().strip()
+        token = made_secret(path)
     except (OSError, UnicodeDecodeError) as err:
         raise AuthConfigError(f"metrics.token_file: cannot read {path}: {err}") from None
     if not token:

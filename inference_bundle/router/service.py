@@ -47,11 +47,15 @@ from inference_bundle.router.routes import Route, RouteTable
 from inference_bundle.router.store import Database, open_database
 from inference_bundle.router.store.private_files import (
     file_access,
+    made_secret,
     open_private,
     private_folder,
     tighten,
     tighten_folder,
 )
+
+# The router's secret for the prefix caches' salts, in its state folder (made on first start).
+CACHE_SALT_KEY = "cache_salt.key"
 
 
 @dataclass
@@ -70,6 +74,7 @@ class RouterService:
     closers: list[Callable[[], None]] = field(default_factory=list)
     metrics_token: str | None = None  # what GET /metrics asks for when metrics.access is key
     config_path: Path | None = None  # the settings file, reread for new limits
+    cache_salt_key: str = ""  # keys the prefix caches' salts (api.prefix_cache)
     media_hosts: HostCheck = field(default_factory=HostCheck)  # do media URLs' hosts resolve
 
     def shutdown(self) -> None:
@@ -159,7 +164,17 @@ def build_service(
         placement=_placement(tracker, dispatcher),
         metrics_token=metrics_token(settings.metrics, state_dir),
         config_path=config_path,
+        cache_salt_key=_cache_salt_key(state_dir),
     )
+
+
+def _cache_salt_key(state_dir: Path) -> str:
+    """The router's secret for the prefix caches' salts, made on first start (0600)."""
+    path = state_dir / CACHE_SALT_KEY
+    try:
+        return made_secret(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise AuthConfigError(f"state_dir: cannot read the cache salt key {path}: {err}") from None
 
 
 def _placement(tracker: StateTracker, dispatcher: Dispatcher) -> Placement:

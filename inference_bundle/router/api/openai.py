@@ -23,6 +23,7 @@ from inference_bundle.router.api.body_checks import validate
 from inference_bundle.router.api.common import authenticate, bound_route, read_form, read_json
 from inference_bundle.router.api.media_checks import media_urls
 from inference_bundle.router.api.multipart_form import Form
+from inference_bundle.router.api.prefix_cache import cache_salt
 from inference_bundle.router.api.records import CLIENT_CLOSED, answer_body, record
 from inference_bundle.router.api.request_context import RequestContext
 from inference_bundle.router.auth import allowed_routes, check_access
@@ -144,6 +145,11 @@ def _runtime_request(
     asking for a stream's usage when the router charges it. A form travels as its bytes
     (``raw``), which only a server's connection carries."""
     forward = {**body, "model": ctx.model}
+    if ctx.operation.cache_salt:
+        isolation = ctx.route.entry.endpoint.cache_isolation
+        salt = cache_salt(service.cache_salt_key, isolation, ctx.caller.user, ctx.group, ctx.model)
+        if salt is not None:
+            forward["cache_salt"] = salt  # whatever the client sent
     if ctx.stream and ctx.operation.usage_in_stream:
         # The usage to charge comes in a stream's last chunk, sent only when asked for;
         # the relay takes it out again when the client did not ask (api/stream_response.py).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grp
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,21 @@ def open_private(path: Path, flags: int, access: FileAccess = OWNER_ONLY) -> int
         os.close(fd)
         raise
     return fd
+
+
+def made_secret(path: Path) -> str:
+    """The secret in ``path``, written there (random, owner-only) on first use; the file is
+    tightened to the account's only, whatever file_group says. OSError or UnicodeDecodeError
+    when it cannot be read."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        tighten(path)
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
 
 
 def write_private(path: Path, text: str, access: FileAccess = OWNER_ONLY) -> None:
