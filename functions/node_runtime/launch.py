@@ -11,6 +11,7 @@ from typing import Any
 
 from .dialout.middleware import FOLDER_ENV, SERVER_ID_ENV
 from .frameworks import framework
+from .server_files import runtime_folder
 from .spec import ServerSpec
 
 HOST = "127.0.0.1"
@@ -31,6 +32,11 @@ def environment(spec: ServerSpec, folder: Path, server_id: str) -> dict[str, str
     a link to it.
     """
     env = dict(os.environ)
+    scratch = runtime_folder(server_id)
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Its temporary files and vLLM's IPC sockets in a folder removed when it stops (unless
+    # the spec says where they go).
+    env["TMPDIR"] = env["VLLM_RPC_BASE_PATH"] = str(scratch)
     env.update(spec.env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env[FOLDER_ENV] = str(folder)

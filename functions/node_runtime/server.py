@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from .server_files import (
     hold_in_flight,
     read_state,
     release_in_flight,
+    runtime_folder,
     stamp_use,
     write_state,
 )
@@ -106,6 +108,7 @@ def stop_recorded(paths: ServerPaths, state: ServerState, reason: str) -> None:
             os.kill(state.watchdog_pid, signal.SIGTERM)
     procs.stop_group(state.pgid, state.stop_grace_s)
     backend.drop_connection(state.port)
+    shutil.rmtree(runtime_folder(state.server_id), ignore_errors=True)
     clear_state(paths)
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +30,13 @@ from typing import IO, Any
 
 class LockTimeout(TimeoutError):
     """The model's lock stayed held by another caller longer than the bounded wait."""
+
+
+def runtime_folder(server_id: str) -> Path:
+    """A running server's scratch folder: its temporary files and vLLM's IPC sockets, which
+    nobody else removes. Under the node's temp folder, not the server's: a socket's path must
+    stay short (108 bytes on Linux). Removed when the server stops (``stop_recorded``)."""
+    return Path(tempfile.gettempdir()) / f"node-runtime-{server_id}"
 
 
 @dataclass(frozen=True)
