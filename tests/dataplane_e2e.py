@@ -25,6 +25,7 @@ from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.dataplane.connections import server_label
 from tests.e2e_router import MINILM, SHARED_ROUTER, TINY, RunningRouter
+from tests.waiting import wait_until
 
 CHAT = "/resource_server/local/vllm/v1/chat/completions"
 COMPLETIONS = "/resource_server/local/vllm/v1/completions"
@@ -122,15 +123,16 @@ def assert_streamed_as_generated(stream: TimedStream, tokens: int) -> None:
 
 def access_record(log: Path, request_id: str, timeout_s: float = 20) -> dict[str, Any]:
     """The router's access-log line of ``request_id`` (written as the answer ends)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def look() -> dict[str, Any] | None:
         for line in log.read_text(errors="replace").splitlines():
             if request_id in line and line.startswith("{"):
                 record: dict[str, Any] = json.loads(line)
                 if record.get("request_id") == request_id:
                     return record
-        assert time.monotonic() < deadline, f"no access-log line for {request_id} in {log}"
-        time.sleep(0.2)
+        return None
+
+    return wait_until(look, f"an access-log line for {request_id} in {log}", timeout_s, 0.2)
 
 
 def via(log: Path, response: httpx.Response) -> str:
@@ -188,14 +190,19 @@ def wait_connected(
     server_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """The connected servers of ``model`` once there is one (``server_id``'s, if given)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    seen: list[dict[str, Any]] = []
+
+    def look() -> list[dict[str, Any]] | None:
         servers = connected_servers(url, key, model, verify)
+        seen[:] = servers
         labels = {s["server"] for s in servers}
         if servers and (server_id is None or server_label(server_id) in labels):
             return servers
-        assert time.monotonic() < deadline, f"no server of {model} dialled in: {servers}"
-        time.sleep(0.3)
+        return None
+
+    return wait_until(
+        look, lambda: f"a server of {model} dialling in (connected: {seen})", timeout_s, 0.3
+    )
 
 
 def both_models_connected(router: RunningRouter) -> RunningRouter:

@@ -7,7 +7,6 @@ fixture in conftest.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -16,6 +15,8 @@ from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from tests.router.conftest import Harness
@@ -104,10 +105,12 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
 
 
 async def wait_for(h: Harness, url: str, states: tuple[str, ...]) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        got = (await h.client.get(url, headers=h.auth)).json()
-        if got["status"] in states:
-            return dict(got)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never reached {states}: {got}")
+    """The batch at ``url`` once its status is one of ``states`` (within 20 s)."""
+    last: dict[str, Any] = {}
+
+    async def look() -> dict[str, Any] | None:
+        last.clear()
+        last.update((await h.client.get(url, headers=h.auth)).json())
+        return dict(last) if last["status"] in states else None
+
+    return await until(look, lambda: f"{url} reaching {states} (last seen: {last})", 20, 0.05)

@@ -103,6 +103,14 @@ class NoScheduler:
         return {"jobs": []}
 
 
+def unsalted(body: dict[str, Any]) -> dict[str, Any]:
+    """A forwarded body without its prefix-cache salt, which the router sets on every
+    generation request (api.prefix_cache): asserted present, then left out."""
+    salt = body.get("cache_salt")
+    assert isinstance(salt, str) and len(salt) == 64, body
+    return {k: v for k, v in body.items() if k != "cache_salt"}
+
+
 @dataclass
 class Harness:
     service: RouterService

@@ -265,6 +265,13 @@ async def connected(plane: DataPlane, count: int = 1) -> None:
     raise AssertionError(f"{count} server(s) did not dial in: {plane.servers(ENDPOINT)}")
 
 
+def dial_refused(node: Node, url: str) -> bool:
+    """Whether the router at ``url`` has refused the credential ``node`` dials it with (the
+    node then waits for a new one)."""
+    link = node.agent._links.get(url)
+    return link is not None and link.refused == link.dial.token
+
+
 def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {
         "model": TINY,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import node_runtime
 import pytest
 from node_runtime import procs
 from node_runtime.server_files import ServerPaths
+
+from tests.waiting import wait_until
 
 from .local_backends import (
     Spec,
@@ -55,10 +56,16 @@ def stop_checked(spec: Spec) -> None:
     """Stop the spec's server and check that none of its processes is left."""
     node_runtime.stop_server(node_runtime.ServerSpec.from_dict(spec))
     root = ServerPaths.for_model(spec["state_dir"], spec["name"]).root
-    time.sleep(0.2)  # the watchdog's exit after its SIGTERM
-    leftovers = processes_mentioning(f"--served-model-name {spec['name']} ")
-    leftovers += processes_mentioning(str(root))
-    assert not leftovers, f"processes of {spec['name']} left after stop: {leftovers}"
+
+    def leftovers() -> list[int]:
+        named = processes_mentioning(f"--served-model-name {spec['name']} ")
+        return named + processes_mentioning(str(root))
+
+    # The watchdog exits a moment after its SIGTERM.
+    wait_until(
+        lambda: not leftovers(),
+        lambda: f"the exit of {spec['name']}'s processes (left: {leftovers()})",
+    )
 
 
 @pytest.fixture(scope="session")

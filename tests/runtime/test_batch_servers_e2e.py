@@ -20,6 +20,8 @@ import pytest
 from node_runtime import procs
 from node_runtime.server_files import ServerPaths, ServerState, read_state
 
+from tests.waiting import wait_until
+
 from .conftest import chat
 from .local_backends import Spec
 
@@ -76,10 +78,7 @@ def jobs(tmp_path: Path) -> Iterator[_Jobs]:
 
 
 def _wait_for(what: str, check: Any, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {limit_s:g} s: {what}"
-        time.sleep(0.25)
+    wait_until(check, what, limit_s, 0.25)
 
 
 def test_a_batch_server_is_its_own_and_stops_once_all_its_jobs_are_gone(

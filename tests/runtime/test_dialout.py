@@ -12,8 +12,7 @@ import asyncio
 import json
 import stat
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -26,6 +25,8 @@ from node_runtime.dialout.agent import Agent, Dial, read_dials, remove_dial, wri
 from node_runtime.dialout.dialfile import DIAL_FILE
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
+
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -127,15 +128,6 @@ async def running_agent(folder: Path) -> AsyncIterator[Agent]:
         task.cancel()
 
 
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Return once ``check()`` holds, looking every 20 ms; fail saying ``what`` did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s} s")
-        await asyncio.sleep(0.02)
-
-
 @dataclass
 class Reads:
     """How many times the agent has read the dial file (it polls it every 0.5 s)."""
@@ -147,7 +139,7 @@ class Reads:
         # The next read sees the caller's change (both run on this event loop); the agent
         # reads again only once it has acted on it.
         wanted = self.count + 2
-        await _until(lambda: self.count >= wanted, "two more reads of the dial file")
+        await until(lambda: self.count >= wanted, "two more reads of the dial file")
 
 
 @pytest.fixture
@@ -174,10 +166,10 @@ def test_a_router_that_refuses_the_credential_is_dialled_again_only_with_a_new_o
             write_dial(tmp_path, _dial(failing.url, "f"))
             async with running_agent(tmp_path):
                 # The unreachable one is tried again with the backoff (0.2, 0.4, 0.8 s).
-                await _until(lambda: len(failing.tokens) >= 3, "three dials of the 503 router")
+                await until(lambda: len(failing.tokens) >= 3, "three dials of the 503 router")
                 assert refusing.tokens == ["first"]
                 write_dial(tmp_path, _dial(refusing.url, "second"))
-                await _until(lambda: len(refusing.tokens) == 2, "a dial with the new token")
+                await until(lambda: len(refusing.tokens) == 2, "a dial with the new token")
                 assert refusing.tokens == ["first", "second"]
                 await reads.two_more()
                 assert refusing.tokens == ["first", "second"]  # refused again: it waits
@@ -222,6 +214,6 @@ def test_a_dropped_connection_is_dialled_again_with_the_latest_credential(
                 write_dial(tmp_path, _dial(router.url, "b"))
                 await reads.two_more()  # the agent has read the new dial
                 await agent.connection(router.url).close()
-                await _until(lambda: router.tokens == ["a", "b"], "a dial with token b")
+                await until(lambda: router.tokens == ["a", "b"], "a dial with token b")
 
     asyncio.run(test())

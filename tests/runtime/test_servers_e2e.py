@@ -17,6 +17,8 @@ import pytest
 from node_runtime import ServerSpec, ServerStartError, procs
 from node_runtime.server_files import ServerPaths, read_state
 
+from tests.waiting import wait_until
+
 from .conftest import chat, processes_mentioning
 from .local_backends import Spec, infinity_spec, vllm_spec
 from .test_units import run_serialized_serve
@@ -135,7 +137,10 @@ def test_a_dead_watchdog_is_replaced_on_the_next_call(
 ) -> None:
     old = _state(chat_spec)
     os.kill(old.watchdog_pid, signal.SIGKILL)
-    time.sleep(0.2)
+    wait_until(
+        lambda: not procs.is_alive(old.watchdog_pid, old.watchdog_ticks),
+        "the killed watchdog's exit",
+    )
     assert node_runtime.handle(chat_spec, chat("tiny-chat"))["server"] == "reused"
     new = _state(chat_spec)
     assert new.watchdog_pid != old.watchdog_pid
@@ -175,7 +180,7 @@ def test_sigkill_between_calls_restarts_and_leaves_no_orphan(
     old = _state(chat_spec)
     assert len(procs.group_members(old.pgid)) >= 2  # the API server and its EngineCore
     os.kill(old.pid, signal.SIGKILL)
-    time.sleep(0.2)
+    wait_until(lambda: not procs.is_alive(old.pid, old.pid_ticks), "the killed server's exit")
     envelope = node_runtime.handle(chat_spec, chat("tiny-chat"))
     assert (envelope["status"], envelope["server"]) == (200, "started")
     assert procs.group_members(old.pgid) == []  # the orphaned EngineCore was stopped too

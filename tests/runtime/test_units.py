@@ -27,6 +27,8 @@ from node_runtime.server_files import (
     release_in_flight,
 )
 
+from tests.waiting import wait_until
+
 from .fake_server import fake_server
 from .local_backends import infinity_spec, vllm_spec
 
@@ -79,8 +81,7 @@ def test_stop_group_stops_children_too(tmp_path: Path) -> None:
         cwd=tmp_path,
         log=tmp_path / "log",
     )
-    time.sleep(0.3)
-    assert len(procs.group_members(pid)) == 4
+    wait_until(lambda: len(procs.group_members(pid)) == 4, "the shell and its three sleeps")
     began = time.monotonic()
     assert procs.stop_group(pid, grace_s=0.5)  # the leader ignores TERM: KILL after grace
     assert procs.group_members(pid) == []
@@ -262,12 +263,12 @@ def test_a_kept_connection_takes_the_new_timeout() -> None:
 def test_the_watchdog_never_stops_a_server_with_a_request_in_flight(tmp_path: Path) -> None:
     paths, state = fake_server(tmp_path, idle_timeout_s=0.2)
     marker = hold_in_flight(paths)
-    time.sleep(0.4)
+    time.sleep(0.4)  # fixed: the idle timeout must pass (a clock rule), yet nothing is stopped
     assert watchdog.check_once(paths, "s1")[0] is True  # idle long enough, but busy
     assert procs.is_alive(state.pid)
     release_in_flight(paths, marker)  # stamps the end of the request
     assert watchdog.check_once(paths, "s1")[0] is True  # just used
-    time.sleep(0.3)
+    time.sleep(0.3)  # fixed: idle past its timeout is the rule under test, not an event
     assert watchdog.check_once(paths, "s1") == (False, 0.0)
     assert read_state(paths) is None
     assert not procs.is_alive(state.pid)
@@ -275,7 +276,7 @@ def test_the_watchdog_never_stops_a_server_with_a_request_in_flight(tmp_path: Pa
 
 def test_the_watchdog_leaves_a_replaced_server_alone(tmp_path: Path) -> None:
     paths, state = fake_server(tmp_path, idle_timeout_s=0.1)
-    time.sleep(0.2)
+    time.sleep(0.2)  # fixed: idle past its timeout, so only the other id keeps it running
     assert watchdog.check_once(paths, "another-id") == (False, 0.0)
     assert procs.is_alive(state.pid)
     procs.stop_group(state.pgid, 1.0)

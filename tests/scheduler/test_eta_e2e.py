@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from node_runtime.jobs import list_jobs
 
+from tests.waiting import wait_until
+
 # The first test includes the local Slurm's start; the backfill pass comes every 30 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -30,13 +32,6 @@ def block_name(block: int) -> str:
 
 def by_block() -> dict[int, dict[str, Any]]:
     return {job["block"]: job for job in list_jobs("slurm", ENDPOINTS)["jobs"]}
-
-
-def wait_for(check: Any, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return value
 
 
 @pytest.fixture
@@ -61,8 +56,7 @@ def sbatch(*args: str) -> str:
 def test_a_begin_time_is_the_estimated_start(submitted: list[str]) -> None:
     asked = time.time() + 3600
     submitted.append(sbatch("--begin=now+1hour", "-t", "5", "-J", block_name(0), "--wrap", "true"))
-    job = wait_for(lambda: by_block().get(0), 20)
-    assert job, "the block never showed in squeue"
+    job = wait_until(lambda: by_block().get(0), "the block showing in squeue", 20, 0.5)
     assert (job["state"], job["reason"]) == ("queued", "BeginTime")
     assert job["estimated_start"] == pytest.approx(asked, abs=60)
     assert (job["started_at"], job["queue_position"]) == (None, None)
@@ -73,8 +67,12 @@ def test_a_job_behind_another_gets_a_planned_start(submitted: list[str]) -> None
     # The first takes the whole node for at most 3 minutes; the second must wait for it.
     submitted.append(sbatch("--exclusive", "-t", "3", "-J", "eta-blocker", "--wrap", "sleep 300"))
     submitted.append(sbatch("--exclusive", "-t", "5", "-J", block_name(1), "--wrap", "true"))
-    job = wait_for(lambda: (j := by_block().get(1)) and j["estimated_start"] and j, 90)
-    assert job, f"no planned start within 90 s: {by_block()}"
+    job = wait_until(
+        lambda: j if (j := by_block().get(1)) and j["estimated_start"] else None,
+        lambda: f"a planned start (listed: {by_block()})",
+        timeout_s=90,
+        every_s=0.5,
+    )
     assert job["state"] == "queued" and job["reason"] in ("Resources", "Priority")
     # Planned once the blocker's time limit runs out: later still if the blocker itself
     # waits behind other jobs on the shared node (other tests, other sessions).

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from node_runtime.jobs import list_jobs
 
+from tests.waiting import wait_until
+
 # The first test includes the local Slurm's start.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -22,13 +24,6 @@ ENDPOINTS = {ENDPOINT: "demo-model"}
 
 def block_name(block: int) -> str:
     return f"parsl.{ENDPOINT}-HighThroughputExecutor.block-{block}.{time.time()}"
-
-
-def wait_for(check: Any, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return value
 
 
 def by_block(scheduler: str) -> dict[int, dict[str, Any]]:
@@ -60,8 +55,12 @@ def test_squeue_lists_a_running_block_and_a_held_one_until_they_are_cancelled(
     slurm_jobs.append(held := sbatch("-H", "-J", block_name(4), "--wrap", "sleep 300"))
     slurm_jobs.append(sbatch("-J", "someone_else", "-H", "--wrap", "sleep 300"))
 
-    jobs = wait_for(lambda: (j := by_block("slurm")).get(3, {}).get("state") == "running" and j)
-    assert jobs, f"block 3 never showed as running: {by_block('slurm')}"
+    jobs = wait_until(
+        lambda: j if (j := by_block("slurm")).get(3, {}).get("state") == "running" else None,
+        lambda: f"block 3 showing as running (listed: {by_block('slurm')})",
+        timeout_s=20,
+        every_s=0.2,
+    )
     assert set(jobs) == {3, 4}
     assert jobs[3]["job_id"] == running
     assert jobs[3]["nodes"] == [socket.gethostname().split(".")[0]]
@@ -70,8 +69,12 @@ def test_squeue_lists_a_running_block_and_a_held_one_until_they_are_cancelled(
     assert jobs[4]["reason"] == "JobHeldUser"
 
     subprocess.run(["scancel", running, held], check=True)
-    gone = wait_for(lambda: by_block("slurm") == {})
-    assert gone, f"cancelled jobs still listed as live: {by_block('slurm')}"
+    wait_until(
+        lambda: by_block("slurm") == {},
+        lambda: f"the cancelled jobs leaving the listing (still listed: {by_block('slurm')})",
+        timeout_s=20,
+        every_s=0.2,
+    )
 
 
 def test_the_pbs_shim_is_listed_like_pbs_pro(pbs_shim: Path, tmp_path: Path) -> None:

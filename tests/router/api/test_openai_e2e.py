@@ -19,6 +19,7 @@ from node_runtime.server_files import ServerPaths, idle_for
 
 from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
+from tests.dataplane_e2e import wait_connected
 from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
 # The session's router starts vLLM and Infinity on first use (up to its wait_s, 300 s).
@@ -100,11 +101,15 @@ def test_warm_requests_ride_the_servers_connection_and_keep_it_in_use(
 ) -> None:
     client = router.client()
     chat(client)  # warm: the server has been told where to dial
+    warmed = time.monotonic()
     catalog = load_catalog(root, "local")
     [entry] = [e for e in catalog.entries if e.endpoint.model == TINY]
     spec = server_spec(entry, catalog.profile)
     paths = ServerPaths.for_model(spec.state_dir, spec.name)
-    time.sleep(1.5)  # the dial
+    wait_connected(router.url, router.key, TINY)  # the dial
+    # Fixed, on purpose: the warm-up's use must be 1.5 s old, so that idle_for < 1.5 below
+    # can only come from the connection's requests.
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - warmed)))
     before = _paths(router)
     answers = [chat(client, f"warm {i}") for i in range(4)]
     assert all(a.usage.completion_tokens >= 1 for a in answers)

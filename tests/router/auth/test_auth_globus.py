@@ -243,7 +243,7 @@ def test_tiny_real_ttl(fake: FakeGlobusAuth, tmp_path: Path) -> None:
     auth.authenticate(f"Bearer {token}")
     auth.authenticate(f"Bearer {token}")
     assert fake.introspections == 1
-    time.sleep(0.06)
+    time.sleep(0.06)  # fixed: the real-clock TTL must pass (no event to wait for)
     auth.authenticate(f"Bearer {token}")
     assert fake.introspections == 2
 

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from inference_bundle.router.auth import create_api_key
+from tests import waiting
 from tests.e2e_router import MINILM, TINY, RunningRouter, start_router, stop_router
 
 # The restart test waits for a cold batch twice (COLD_S each) and starts two routers.
@@ -66,13 +67,15 @@ def headers(router: RunningRouter) -> dict[str, str]:
 def wait_until(
     router: RunningRouter, url: str, done: Callable[[dict[str, Any]], bool], limit_s: float
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + limit_s
-    while True:
-        batch: dict[str, Any] = httpx.get(router.url + url, headers=headers(router)).json()
-        if done(batch):
-            return batch
-        assert time.monotonic() < deadline, f"{url} stuck: {batch}"
-        time.sleep(0.5)
+    """The batch at ``url`` once ``done`` holds for it, looked at every 0.5 s."""
+    last: dict[str, Any] = {}
+
+    def look() -> dict[str, Any] | None:
+        last.clear()
+        last.update(httpx.get(router.url + url, headers=headers(router)).json())
+        return dict(last) if done(last) else None
+
+    return waiting.wait_until(look, lambda: f"{url} in the awaited state ({last})", limit_s, 0.5)
 
 
 def test_a_200_line_batch_through_the_guides_api(router: RunningRouter, root: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from inference_bundle.router.dataplane.connections import server_label
+from tests.router.conftest import unsalted
 from tests.router.dataplane_fakes import (
     CHAT,
     ENDPOINT,
@@ -38,7 +39,8 @@ async def test_warm_requests_ride_the_connection_and_a_task_only_keeps_the_engin
     await connected(served.plane)
     answer = await served.client.post(CHAT, json=chat())
     assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
-    assert node.model.seen == [chat()]  # the body as the user sent it, stream key included
+    # The body as the user sent it, stream key included, with the caller's prefix-cache salt.
+    assert [unsalted(seen) for seen in node.model.seen] == [chat()]
     # No request went through the endpoint: only the background task that keeps its engine,
     # which sends nothing to the server and carries no credential (the server is connected:
     # a credential written ahead of its need would wait in the node's files to be read).

@@ -102,7 +102,9 @@ async def test_a_client_that_never_reads_holds_back_its_own_stream_only(
         stuck = await idle.send(request, stream=True)
         stuck_lines = stuck.aiter_lines()  # kept: a dropped iterator would close the stream
         assert (await anext(stuck_lines)).startswith("data:")
-        for _ in range(10):  # the router's buffer for it fills to its window, and no further
+        # The router's buffer fills to its window and no further: sampled over a fixed 2 s,
+        # since the assertion is about what never happens.
+        for _ in range(10):
             await asyncio.sleep(0.2)
             [relay] = [r for r in line.relays.values()]
             assert relay.buffered <= served.plane.settings.stream_window_bytes

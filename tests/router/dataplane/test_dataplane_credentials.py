@@ -27,7 +27,9 @@ from tests.router.dataplane_fakes import (
     Served,
     chat,
     connected,
+    dial_refused,
 )
+from tests.waiting import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -36,7 +38,7 @@ async def test_a_node_with_a_wrong_credential_is_refused_until_a_task_hands_a_go
     served: Served,
 ) -> None:
     node = await served.start_node("s-1", token="not-a-credential")
-    await asyncio.sleep(0.5)
+    await until(lambda: dial_refused(node, served.url), "the refusal of the wrong credential")
     assert served.plane.servers(ENDPOINT) == []
     write_dial(
         node.folder,

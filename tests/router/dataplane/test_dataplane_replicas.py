@@ -20,8 +20,10 @@ from tests.router.dataplane_fakes import (
     Served,
     chat,
     connected,
+    dial_refused,
     vouch,
 )
+from tests.waiting import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -74,7 +76,7 @@ async def test_a_router_that_refuses_the_node_does_not_keep_it_from_another(
     good = {"url": second.url, "endpoint": ENDPOINT, "ca_file": None}
     write_dial(node.folder, {**good, "token": served.plane.credentials.mint(ENDPOINT)})
     await connected(served.plane)
-    await asyncio.sleep(0.5)
+    await until(lambda: dial_refused(node, second.url), "the second router's refusal of the dial")
     assert second.plane.servers(ENDPOINT) == []  # another router's credential: refused
     assert (await served.client.post(CHAT, json=chat())).status_code == 200
     vouch(second, "s-1", node.agent)
