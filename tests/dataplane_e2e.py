@@ -235,12 +235,13 @@ def server_state(root: Path, model: str) -> ServerState:
     return state
 
 
-def dial_file(root: Path, model: str) -> dict[str, Any]:
-    """The dial the node runtime wrote last into ``model``'s server's dial.json (one per
-    router URL, the latest last): url, token, endpoint, ca_file."""
+def dial_file(root: Path, model: str, url: str | None = None) -> dict[str, Any]:
+    """The dial the node runtime wrote into ``model``'s server's dial.json for the router at
+    ``url``, or the last it wrote (one per router URL, the latest last): url, token,
+    endpoint, ca_file."""
     written = json.loads((server_paths(root, model).root / "dial.json").read_text())
-    latest: dict[str, Any] = list(written["dials"].values())[-1]
-    return latest
+    dials: dict[str, dict[str, Any]] = written["dials"]
+    return dials[url] if url is not None else list(dials.values())[-1]
 
 
 def pin_server(root: Path, model: str) -> None:

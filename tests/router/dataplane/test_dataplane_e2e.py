@@ -190,7 +190,11 @@ def test_a_client_that_hangs_up_stops_the_generation(router: RunningRouter) -> N
 def test_dials_without_a_credential_minted_for_that_endpoint_and_server_are_refused(
     router: RunningRouter,
 ) -> None:
-    tiny, minilm = dial_file(router.root, TINY), dial_file(router.root, MINILM)
+    # This router's own dials (other modules' routers may have written theirs since).
+    tiny, minilm = (
+        dial_file(router.root, TINY, router.url),
+        dial_file(router.root, MINILM, router.url),
+    )
     server_id = server_state(router.root, TINY).server_id
     assert tiny["url"] == router.url and tiny["endpoint"] != minilm["endpoint"]
 
@@ -210,7 +214,7 @@ def test_dials_without_a_credential_minted_for_that_endpoint_and_server_are_refu
 def test_a_copied_dial_file_does_not_let_another_server_in(router: RunningRouter) -> None:
     """What a reader of the node's files has (the credential, the server's id) is refused:
     the credential holds one connection, and a dial must prove the server's key."""
-    tiny = dial_file(router.root, TINY)
+    tiny = dial_file(router.root, TINY, router.url)
     server_id = server_state(router.root, TINY).server_id
     stolen = dial_headers(tiny["token"], tiny["endpoint"], server_id, "credential-test")
     assert dial(router.url, stolen) == 403
