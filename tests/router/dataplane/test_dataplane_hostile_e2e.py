@@ -29,6 +29,7 @@ from tests.dataplane_e2e import (
     via,
 )
 from tests.e2e_router import MINILM, TINY, RunningRouter
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TOKENIZE = "/resource_server/local/vllm/v1/tokenize"
@@ -104,7 +105,8 @@ def test_a_client_that_stops_reading_holds_back_only_its_own_stream(router: Runn
     for reader in readers:
         reader.start()
     try:
-        time.sleep(3)  # the unread streams' servers run on, as far as their windows allow
+        # Every unread stream has begun; its server runs on as far as its window allows.
+        wait_until(lambda: len(got) == 4, "the four unread streams beginning", timeout_s=120)
         began = time.monotonic()
         other = timed_stream(router.url, router.key, CHAT, long_chat(TINY, 50), timeout_s=120)
         assert other.status == 200 and other.events[-1] == "[DONE]"
