@@ -111,9 +111,10 @@ def assert_streamed_as_generated(stream: TimedStream, tokens: int) -> None:
     """The events came spread over the generation, not in a burst at its end."""
     assert stream.status == 200, stream.events
     assert stream.events[-1] == "[DONE]"
-    # About one event per token (vLLM's stream interval is 1; a token that completes no
-    # character waits for the next one).
-    assert len(stream.events) >= tokens * 0.8, len(stream.events)
+    # Up to one event per token: vLLM's stream interval is 1, but a token that completes no
+    # character waits for the next one, and vLLM merges the deltas its reader has not yet
+    # taken (on a busy machine, a fifth of the events or more; 158 of 200 seen in CI).
+    assert len(stream.events) >= tokens // 2, len(stream.events)
     first, last = stream.arrivals[0], stream.arrivals[-1]
     assert first < stream.total_s / 2, (first, stream.total_s)
     assert last - first > stream.total_s / 4, (first, last, stream.total_s)
