@@ -11,7 +11,9 @@ from prometheus_client.registry import Collector
 
 from inference_bundle.config.settings import MetricsSettings
 from inference_bundle.router.auth import AuthConfigError
+from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.fleet.states import ModelState
+from inference_bundle.router.routes import RouteTable
 from inference_bundle.router.store.private_files import made_secret
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600)
@@ -99,3 +101,55 @@ def metrics_token(settings: MetricsSettings, state_dir: Path) -> str | None:
             "the router makes one"
         )
     return token
+
+
+# ---------------------------------------------------------------------------------------
+# For the dashboard (docs/grafana/): the data plane's connections and tokens by caller.
+# ---------------------------------------------------------------------------------------
+
+
+class ConnectionsCollector(Collector):
+    """Model servers connected over the data plane and their requests in flight, by cluster
+    and model, read from the plane when scraped (none on a router without one)."""
+
+    def __init__(self, table: RouteTable, plane: DataPlane | None) -> None:
+        self._table = table
+        self._plane = plane
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        labels = ["cluster", "model"]
+        connections = GaugeMetricFamily(
+            "router_dataplane_connections",
+            "Model servers connected to this router over the data plane",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "router_dataplane_in_flight",
+            "Requests in flight down this router's data-plane connections",
+            labels=labels,
+        )
+        plane = self._plane
+        for route in self._table.routes():
+            servers = plane.servers(route.endpoint_name) if plane is not None else []
+            connections.add_metric([route.cluster, route.model], len(servers))
+            in_flight.add_metric([route.cluster, route.model], sum(s["in_flight"] for s in servers))
+        yield connections
+        yield in_flight
+
+
+class CallerTokens:
+    """Tokens by user and group (``router_caller_tokens``): one series a user and kind seen
+    since the router started, which the operators who read /metrics asked for; a site with
+    very many users can drop it in Prometheus (README, Metrics and dashboards)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counter = Counter(
+            "router_caller_tokens",
+            "Tokens the backends reported, by user, the group charged and kind",
+            ["user", "group", "kind"],
+            registry=registry,
+        )
+
+    def count(self, user: str, group: str, prompt: int, completion: int) -> None:
+        self.counter.labels(user, group, "prompt").inc(prompt)
+        self.counter.labels(user, group, "completion").inc(completion)

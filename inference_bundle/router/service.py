@@ -40,9 +40,15 @@ from inference_bundle.router.fleet.states import ModelStatus, StateTracker
 from inference_bundle.router.fleet.warm_schedules import WarmKeeper
 from inference_bundle.router.host_lookup import HostCheck
 from inference_bundle.router.limits.ledger import Ledger
-from inference_bundle.router.limits.limiter import Limiter
+from inference_bundle.router.limits.limiter import Limiter, Ticket
 from inference_bundle.router.limits.reload import check_limits
-from inference_bundle.router.metrics import Metrics, metrics_token
+from inference_bundle.router.metrics import (
+    CallerTokens,
+    ConnectionsCollector,
+    Metrics,
+    metrics_token,
+)
+from inference_bundle.router.minute_series import MinuteSeries
 from inference_bundle.router.routes import Route, RouteTable
 from inference_bundle.router.store import Database, open_database
 from inference_bundle.router.store.private_files import (
@@ -76,6 +82,7 @@ class RouterService:
     config_path: Path | None = None  # the settings file, reread for new limits
     cache_salt_key: str = ""  # keys the prefix caches' salts (api.prefix_cache)
     media_hosts: HostCheck = field(default_factory=HostCheck)  # do media URLs' hosts resolve
+    minute_series: MinuteSeries = field(default_factory=MinuteSeries)  # the status page's charts
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -141,6 +148,7 @@ def build_service(
         maintenance=Maintenance({c.cluster: c.profile for c in catalogs}),
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
+    metrics.registry.register(ConnectionsCollector(table, plane))
     authenticator = build_authenticator(settings.auth, root)
     db = open_database(settings, state_dir)
     limiter = _limiter(settings, table, db, metrics)
@@ -196,9 +204,12 @@ def _limiter(
     may take (its wait for a start, then its answer) before it lapses on its own."""
     longest = max((r.spec.request_timeout_s for r in table.routes()), default=600.0)
 
-    def count_tokens(model: str, prompt: int, completion: int) -> None:
-        metrics.tokens.labels(model, "prompt").inc(prompt)
-        metrics.tokens.labels(model, "completion").inc(completion)
+    by_caller = CallerTokens(metrics.registry)
+
+    def count_tokens(ticket: Ticket, prompt: int, completion: int) -> None:
+        metrics.tokens.labels(ticket.model, "prompt").inc(prompt)
+        metrics.tokens.labels(ticket.model, "completion").inc(completion)
+        by_caller.count(ticket.user, ticket.group, prompt, completion)
 
     return Limiter(
         Ledger(db),

@@ -55,6 +55,7 @@ def record(
     via = answer.via if answer is not None else "none"
     metrics.paths.labels(via).inc()
     metrics.latency.labels(ctx.path).observe(latency)
+    service.minute_series.record(ctx.route.cluster, ctx.model, status, latency)
     start_wait = answer.start_wait_s if answer else 0.0
     if answer is not None and answer.cold_start:
         metrics.cold_starts.labels(ctx.model).inc()

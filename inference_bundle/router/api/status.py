@@ -5,8 +5,10 @@ step, no external assets) served without auth: it holds no data. In the browser 
 an API key once and polls ``/v1/status``, ``/resource_server/list-endpoints`` (each
 model's job and estimated start) and, for admins, ``/v1/usage``. ``/v1/status`` adds what no
 other route serves: each model's state with its last use and waiting time, requests and
-tokens in the last hour, the caller's batches in flight, each cluster's maintenance notice,
-and for admins the last errors.
+tokens in the last hour (and this router's requests, errors and median latency minute by
+minute, which the page draws as charts), the caller's batches in flight, each cluster's
+maintenance notice, and for admins the last errors, each with the request id that its
+access-log line and its answer's ``X-Request-Id`` carry.
 """
 
 from __future__ import annotations
@@ -140,7 +142,15 @@ def _model(service: RouterService, route: Route, recent: dict[str, Any] | None) 
         "in_flight": status.in_flight,
         "last_error": status.last_error,
         "last_hour": {name: recent[name] if recent else 0 for name in _RECENT_FIELDS},
+        "last_hour_by_minute": _by_minute(service, route),
     }
+
+
+def _by_minute(service: RouterService, route: Route) -> dict[str, Any]:
+    """This router's minutes of the model's last hour (``router.minute_series``), for the
+    page's charts; ``start`` is the first minute's, in ISO 8601."""
+    series = service.minute_series.series(route.cluster, route.model)
+    return {**series, "start": _iso(series["start"])}
 
 
 # What the last hour says of each model (Ledger.recent_by_model, everyone's requests).

@@ -68,10 +68,10 @@ class Limiter:
         hold_s: float,
         keep_days: int,
         model_name: Callable[[str, str], str] | None = None,
-        on_tokens: Callable[[str, int, int], None] | None = None,
+        on_tokens: Callable[[Ticket, int, int], None] | None = None,
     ) -> None:
         """``hold_s``: how long a reservation lasts if its router dies before settling it;
-        ``on_tokens(model, prompt, completion)`` counts tokens (Prometheus)."""
+        ``on_tokens(ticket, prompt, completion)`` counts tokens (Prometheus)."""
         self.ledger = ledger
         self.hold_s = hold_s
         self.keep_days = keep_days
@@ -140,7 +140,7 @@ class Limiter:
         if usage is not None and not estimated:
             self.calibration.learn(ticket.model, ticket.guessed_prompt, prompt)
         if self._on_tokens is not None and (prompt or completion) and not estimated:
-            self._on_tokens(ticket.model, prompt, completion)
+            self._on_tokens(ticket, prompt, completion)
         self.enqueue(
             Settlement(
                 request_id=ticket.request_id,

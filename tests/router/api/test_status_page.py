@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 import re
 import time
 import tomllib
@@ -20,7 +22,7 @@ from inference_bundle.router.auth import create_api_key
 from inference_bundle.router.batches.store import BatchRecord
 from inference_bundle.router.fleet.maintenance import Maintenance
 from inference_bundle.router.limits.ledger import Settlement
-from tests.router.conftest import ROOT, Harness
+from tests.router.conftest import ROOT, Harness, envelope
 
 pytestmark = pytest.mark.anyio
 CHAT = "/resource_server/local/vllm/v1/chat/completions"
@@ -87,6 +89,10 @@ async def test_a_user_sees_their_models_states_use_and_batches(
     local = body["clusters"]["local"]
     assert local["maintenance"] is None
     tiny = model_in(body, "local", "local/tiny-llama")
+    minutes = tiny.pop("last_hour_by_minute")
+    assert minutes["step_s"] == 60 and datetime.fromisoformat(minutes["start"]).tzinfo == UTC
+    assert minutes["requests"] == minutes["errors"] == [0] * 60
+    assert minutes["median_latency_ms"] == [None] * 60
     assert tiny == {
         "id": "local/tiny-llama",
         "endpoint": tiny["endpoint"],
@@ -122,6 +128,9 @@ async def test_a_user_sees_their_models_states_use_and_batches(
     tiny = model_in(body, "local", "local/tiny-llama")
     assert tiny["state"] == "ready"
     assert tiny["last_used"] is not None
+    minutes = tiny["last_hour_by_minute"]
+    assert sum(minutes["requests"]) == 1 and sum(minutes["errors"]) == 0
+    assert [m for m in minutes["median_latency_ms"] if m is not None] != []
     assert tiny["last_hour"] == {
         "requests": 1,
         "errors": 0,
@@ -265,3 +274,30 @@ def test_the_page_ships_with_the_package() -> None:
     package = ROOT / "inference_bundle" / "router"
     shipped = {path for pattern in globs for path in package.glob(pattern)}
     assert package / "static" / "status.html" in shipped
+
+
+@pytest.mark.timeout(30)
+async def test_an_errors_request_id_is_the_same_in_its_answer_the_access_log_and_the_list(
+    make_harness: Callable[..., Harness], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator goes from the status page's error to its access-log line (and the user's
+    X-Request-Id) by one id."""
+    h = make_harness()
+    admin_key = create_api_key(tmp_path / "keys.json", "root@anl.gov", admin=True)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    h.endpoint.handler = lambda spec, request: envelope(
+        502, {"error": {"message": "the model server fell over", "type": "server_error"}}
+    )
+    chat = {"model": "local/tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
+    with caplog.at_level(logging.INFO, logger="router.access"):
+        async with h.client:
+            answer = await h.client.post(CHAT, json=chat, headers=h.auth)
+            await h.service.limiter.flush()
+            body = (await h.client.get("/v1/status", headers=admin)).json()
+    assert answer.status_code == 502
+    request_id = answer.headers["x-request-id"]
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "router.access"]
+    assert [(line["request_id"], line["status"]) for line in logged] == [(request_id, 502)]
+    assert [(e["request_id"], e["status"]) for e in body["last_errors"]] == [(request_id, 502)]
+    minutes = model_in(body, "local", "local/tiny-llama")["last_hour_by_minute"]
+    assert sum(minutes["errors"]) == 1  # and the chart counts it

@@ -102,6 +102,23 @@ def browser() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
+def queue_minilm(served: Served, **more: Any) -> None:
+    """MiniLM waits for a node: job 4242 queued, the scheduler's start 10 min ahead."""
+    served.harness.service.tracker.begin(served.endpoint_of(MINILM))
+    served.listing.listed = [
+        {
+            "endpoint": served.endpoint_of(MINILM),
+            "job_id": "4242",
+            "state": "queued",
+            "scheduler_state": "queued",
+            "reason": "Priority",
+            "nodes": [],
+            "estimated_start": time.time() + 600,
+            **more,
+        }
+    ]
+
+
 def sign_in(driver: WebDriver, key: str) -> None:
     field = driver.find_element(By.ID, "key")
     field.clear()
@@ -163,19 +180,7 @@ def test_a_user_sees_a_cold_model_turn_ready_without_a_reload(
     assert text(browser, "#last-errors") is None
 
     # Another model waits in the scheduler's queue: its job and the scheduler's estimate.
-    h.service.tracker.begin(router.endpoint_of(MINILM))
-    router.listing.listed = [
-        {
-            "endpoint": router.endpoint_of(MINILM),
-            "job_id": "4242",
-            "state": "queued",
-            "scheduler_state": "queued",
-            "reason": "Priority",
-            "nodes": [],
-            "estimated_start": time.time() + 600,
-            "queue_position": 2,
-        }
-    ]
+    queue_minilm(router, queue_position=2)
     wait_for(
         browser,
         "the queued job's estimate",
@@ -261,4 +266,82 @@ def test_an_admin_sees_usage_and_errors_and_a_user_key_hides_them(
         "return [sessionStorage.getItem('inference-bundle-status-key'), localStorage.length];"
     )
     assert stored == [h.key, 0]
+    assert severe_logs(browser) == []
+
+
+# What the page drew for one model's series: the SVG's first minute, and (minute, value) for
+# each bar or dot; None while it has not drawn it.
+_DRAWN = """
+const row = `tr[data-model="${arguments[0]}"]`;
+const drawn = document.querySelector(`${row} svg[data-series="${arguments[1]}"]`);
+if (!drawn || drawn.getBoundingClientRect().width === 0) return null;
+const marks = [...drawn.querySelectorAll("rect.bar, circle.point")];
+return [drawn.dataset.start, marks.map((m) => [Number(m.dataset.minute), Number(m.dataset.value)])];
+"""
+
+
+def drawn(driver: WebDriver, model: str, series: str) -> list[Any] | None:
+    found = driver.execute_script(_DRAWN, model, series)
+    return None if found is None else [found[0], [tuple(mark) for mark in found[1]]]
+
+
+def in_status(served: Served, key: str, series: str) -> list[Any]:
+    """The tiny model's series as /v1/status gives it: the first minute and each minute's
+    value, where it is not 0."""
+    body = httpx.get(f"{served.url}/v1/status", headers={"Authorization": f"Bearer {key}"}).json()
+    found = next(m for m in body["clusters"]["local"]["models"] if m["id"] == TINY)
+    minutes = found["last_hour_by_minute"]
+    values = minutes[series]
+    return [minutes["start"], [(n, v) for n, v in enumerate(values) if v]]
+
+
+def test_the_charts_draw_each_models_last_hour_from_status_and_errors_carry_request_ids(
+    router: Served, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    h = router.harness
+    chat = {"model": TINY, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(3):
+        assert httpx.post(router.url + CHAT, json=chat, headers=h.auth).status_code == 200
+    h.endpoint.handler = lambda spec, request: envelope(
+        502, {"error": {"message": "the model server fell over", "type": "server_error"}}
+    )
+    failed = httpx.post(router.url + CHAT, json=chat, headers=h.auth)
+    assert failed.status_code == 502
+    # Another model waits: its time-to-ready line runs against the scheduler's estimate.
+    queue_minilm(router)
+
+    def same_as_status(series: str) -> Callable[[WebDriver], bool]:
+        return lambda d: drawn(d, TINY, series) == in_status(router, router.admin_key, series)
+
+    browser.get(f"{router.url}/status?refresh=1")
+    sign_in(browser, router.admin_key)
+    for series in ("requests", "errors"):
+        # Compared again on each poll: a new minute may begin between the page and the JSON.
+        wait_for(browser, f"the {series} chart as /v1/status gives it", same_as_status(series))
+    requests = drawn(browser, TINY, "requests")
+    assert requests is not None and sum(value for _, value in requests[1]) == 4
+    latency = drawn(browser, TINY, "latency")
+    assert latency is not None and len(latency[1]) >= 1  # the minutes with a success
+    assert all(value > 0 for _, value in latency[1])
+    label = browser.execute_script(
+        f'return document.querySelector(\'tr[data-model="{TINY}"] svg[data-series="errors"]\')'
+        ".getAttribute('aria-label');"
+    )
+    assert label == "Errors a minute, the last hour: 1 in all, peak 1 a minute"
+
+    ready_line = browser.execute_script(
+        "const line = document.querySelector(arguments[0]);"
+        "return line ? [line.dataset.waitedS, line.dataset.wholeS, line.getAttribute('aria-label')]"
+        " : null;",
+        f'tr[data-model="{MINILM}"] svg.time-to-ready',
+    )
+    assert ready_line is not None, "no time-to-ready line for the waiting model"
+    waited, whole, said = ready_line
+    assert int(waited) >= 0 and int(whole) >= 600 and said.startswith("Waited ")
+    assert text(browser, f'tr[data-model="{TINY}"] svg.time-to-ready') is None  # ready: none
+
+    # The error's request id, as the user's answer and the access log carry it.
+    wait_for(browser, "the last error", lambda d: text(d, "#last-errors td.request-id") is not None)
+    assert text(browser, "#last-errors td.request-id") == failed.headers["x-request-id"]
+    screenshot(browser, tmp_path / "status-page-charts.png")
     assert severe_logs(browser) == []
