@@ -63,3 +63,9 @@ bench-streaming: vllm-venv local-models venv
 .PHONY: bench-limits
 bench-limits: $(BENCH_STAMP) vllm-venv local-models venv postgres-packages
 	$(BIN)/python bench/limiter_overhead.py $(BENCH_ARGS)
+
+# The replica benchmark (bench/replicas.py): stand-in servers of fixed capacity behind the real
+# router and dial-out agent, so that the ratio measures the balancing, not this machine's cores.
+.PHONY: bench-replicas
+bench-replicas: venv
+	$(BIN)/python bench/replicas.py $(BENCH_ARGS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from inference_bundle.config.endpoint_schema import CatalogEntry, Endpoint, ServerArgs
+from inference_bundle.config.endpoint_schema import CatalogEntry, Endpoint, Replicas, ServerArgs
 from inference_bundle.config.frameworks import FRAMEWORKS
 from inference_bundle.config.problems import Problem
 from inference_bundle.config.profiles import ClusterProfile
@@ -55,11 +55,35 @@ def endpoint_problems(
         problems += _server_arg_problems(ep, file)
     if usable("nodes") and ep.nodes > 1 and profile.multi_node is None:
         add("nodes", f"is {ep.nodes} but {cluster} has no multi_node settings; use 1 node")
+    if usable("replicas"):
+        problems += _replica_problems(ep, file, profile)
     if usable("enabled", "disabled_reason"):
         if not ep.enabled and not ep.disabled_reason:
             add("disabled_reason", "a disabled endpoint needs a reason users can read; add one")
         if ep.enabled and ep.disabled_reason:
             add("disabled_reason", "is set but enabled is true; remove it or set enabled: false")
+    return problems
+
+
+def _replica_problems(ep: Endpoint, file: str, profile: ClusterProfile) -> list[Problem]:
+    """min within max, and max within the nodes the cluster lets one model hold."""
+    # An endpoint whose other fields failed is built unchecked: its replicas may be a dict.
+    replicas = Replicas.model_validate(ep.replicas)
+    low, high = replicas.min, replicas.max
+    problems = []
+    if low > high:
+        problems.append(
+            Problem(file, "replicas.min", f"is {low} but replicas.max is {high}; lower min")
+        )
+    if high > profile.max_replicas:
+        problems.append(
+            Problem(
+                file,
+                "replicas.max",
+                f"is {high} but {profile.name} lets one model hold at most "
+                f"{profile.max_replicas} node(s) (its profile's max_replicas); lower it",
+            )
+        )
     return problems
 
 

@@ -30,6 +30,15 @@ class ServerArgs(BaseModel):
     extra: list[str] = Field(default_factory=list, description="further flags, passed as is")
 
 
+class Replicas(BaseModel):
+    """How many servers, each on a node of its own, may serve the model at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: int = Field(default=0, ge=0, description="kept started; 0: started on demand")
+    max: int = Field(default=1, ge=1, description="at most this many nodes at once")
+
+
 class Endpoint(BaseModel):
     """One model endpoint as an operator writes it."""
 
@@ -60,6 +69,19 @@ class Endpoint(BaseModel):
         default="user",
         description="whose requests may share the server's prefix cache: each user's own "
         "(default), each group's, or everyone's",
+    )
+    replicas: Replicas = Replicas()
+    target_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests one server runs at once before it counts as full (more are "
+        "asked for past it); default: the framework's",
+    )
+    scale_in_idle_s: int = Field(
+        default=300,
+        ge=1,
+        description="a replica above min is drained and stopped once the model's demand has "
+        "fitted in one fewer replica for this long",
     )
     enabled: bool = True
     disabled_reason: str | None = None

@@ -28,6 +28,9 @@ class FrameworkInfo:
     kinds: tuple[Kind, ...]  # the model kinds it may serve
     server_args: frozenset[str]  # the catalog's server_args it takes
     server_flags: Callable[[Endpoint, ClusterProfile], list[str]]
+    # Requests one server runs at once before its model counts as full (catalog:
+    # target_in_flight): more replicas are asked for past it.
+    target_in_flight: int = 32
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -93,6 +96,7 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
             }
         ),
         server_flags=vllm_flags,
+        target_in_flight=32,
     ),
     "infinity": FrameworkInfo(
         name="infinity",
@@ -103,5 +107,6 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         # catalog that loads today stops loading.
         server_args=frozenset({"max_model_len", "dtype", "trust_remote_code", "extra"}),
         server_flags=infinity_flags,
+        target_in_flight=16,
     ),
 }

@@ -200,6 +200,12 @@ class _ClusterProfile(_Settings):
     runtimes: dict[Framework, RuntimeSettings]
     paths: PathSettings
     multi_node: MultiNodeSettings | None = None
+    max_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="nodes one model may hold at once (each replica is a job of its own); "
+        "a cluster whose jobs share one machine keeps 1",
+    )
     # The node runtime's timeouts (its ServerSpec), for every endpoint that sets none itself.
     idle_timeout_s: int = Field(default=7200, ge=1, description="stop a server unused this long")
     batch_idle_timeout_s: int = Field(default=300, ge=1)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from inference_bundle.config.naming import IDLE_MARGIN_S
 from inference_bundle.config.problems import SettingsError, display_path, problems_from_validation
+from inference_bundle.config.replica_settings import ReplicaSettings
 from inference_bundle.config.yamlfile import load_mapping
 
 
@@ -313,6 +314,7 @@ class _RouterSettings(_Settings):
     store: StoreSettings = StoreSettings()
     metrics: MetricsSettings = MetricsSettings()
     data_plane: DataPlaneSettings = DataPlaneSettings()
+    replicas: ReplicaSettings = ReplicaSettings()
 
     def dial_url(self) -> str:
         """Where nodes dial this router."""

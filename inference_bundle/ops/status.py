@@ -37,7 +37,19 @@ def print_status(root: Path, cluster: str, say: Say = print) -> None:
         jobs = router.get(f"/resource_server/{cluster}/jobs")
         say(f"{cluster}: router pid {pid} at {url}")
     by_model = {j["model"]: j for group in jobs.values() if isinstance(group, list) for j in group}
-    rows = [("ENDPOINT", "MODEL", "FRAMEWORK", "STATE", "JOB", "ETA", "LAST START", "LAST USE")]
+    rows = [
+        (
+            "ENDPOINT",
+            "MODEL",
+            "FRAMEWORK",
+            "STATE",
+            "REPLICAS",
+            "JOB",
+            "ETA",
+            "LAST START",
+            "LAST USE",
+        )
+    ]
     for entry in catalog.entries:
         name = entry.endpoint.name
         state = models.get(name, {}).get("state", "disabled" if not entry.endpoint.enabled else "-")
@@ -48,6 +60,7 @@ def print_status(root: Path, cluster: str, say: Say = print) -> None:
                 name,
                 entry.endpoint.framework,
                 job.get("model_status") or state,
+                replicas_cell(models.get(name, {})),
                 str(job.get("job_id") or ("this host" if job else "-")),
                 eta_cell(models.get(name, {})),
                 last_start_cell(models.get(name, {})),
@@ -57,6 +70,33 @@ def print_status(root: Path, cluster: str, say: Say = print) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for name, model in models.items():
+        for line in replica_lines(name, model):
+            say(line)
+
+
+def replicas_cell(model: dict[str, Any]) -> str:
+    """How many replicas the model has in each phase: "2 ready, 1 starting"; "-" if none."""
+    counts: dict[str, int] = {}
+    for replica in model.get("replicas", []):
+        counts[replica["state"]] = counts.get(replica["state"], 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in counts.items()) or "-"
+
+
+def replica_lines(name: str, model: dict[str, Any]) -> list[str]:
+    """One line a replica, for a model with more than one."""
+    replicas = model.get("replicas", [])
+    if len(replicas) < 2:
+        return []
+    lines = []
+    for replica in replicas:
+        left = replica.get("walltime_left_s")
+        lines.append(
+            f"  {name} replica {replica['replica']}: {replica['state']} on "
+            f"{replica.get('host') or 'a node to come'}, {replica.get('in_flight', 0)} in "
+            f"flight" + ("" if left is None else f", walltime left {_span(left)}")
+        )
+    return lines
 
 
 def eta_cell(model: dict[str, Any]) -> str:

@@ -137,6 +137,7 @@ def _context(
         "walltime": ep.walltime or profile.provider.walltime,
         "nodes": ep.nodes,
         "gpus": ep.gpus,
+        "max_replicas": 1 if batch else ep.replicas.max,
         # One worker pool on the first node: a multi-node model is one server spanning
         # the block through Ray, not one server per node. WrappedLauncher starts one already.
         "launcher": profile.provider.launcher
@@ -210,6 +211,7 @@ def render_jobs_endpoint(
         "max_idletime": JOBS_MAX_IDLETIME_S,
         "strategy_period": profile.engine.strategy_period_s,
         "scheduler": "local",  # no user options: the schema then allows none
+        "max_replicas": 0,
         "worker_init": profile.worker_init.strip(),
     }
     files = {

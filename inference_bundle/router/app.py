@@ -21,7 +21,7 @@ from inference_bundle.router.api import batches, files, health, listings, openai
 from inference_bundle.router.dataplane import connect_route
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.reload import LimitsWatcher
-from inference_bundle.router.service import RouterService, warm_keeper
+from inference_bundle.router.service import RouterService, replica_control, warm_keeper
 
 log = logging.getLogger("router")
 
@@ -42,7 +42,10 @@ def create_app(service: RouterService) -> Starlette:
             service.batches.runner.prestart()
         keeper = warm_keeper(service)  # endpoints' keep_warm schedules
         keeper.start()
+        control = replica_control(service)  # models' replicas, by demand and walltime
+        control.start()
         yield
+        await control.stop()
         await keeper.stop()
         watcher.stop()
         if service.dispatcher.plane is not None:

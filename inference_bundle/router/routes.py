@@ -11,6 +11,7 @@ from node_runtime.spec import ServerSpec
 from inference_bundle.config.catalog import Catalog, CatalogEntry
 from inference_bundle.config.frameworks import FRAMEWORKS, FrameworkInfo
 from inference_bundle.config.operations import served_paths
+from inference_bundle.config.profiles import ClusterProfile
 from inference_bundle.rendering.specs import server_spec
 from inference_bundle.router.errors import APIError, unknown_cluster
 
@@ -23,6 +24,8 @@ class Route:
     cluster: str
     entry: CatalogEntry
     spec: ServerSpec = field(hash=False, compare=False)
+    # How long its scheduler lets one job run; None where jobs have no end (the local cluster).
+    walltime_s: float | None = field(default=None, hash=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -40,6 +43,19 @@ class Route:
     @property
     def endpoint_name(self) -> str:
         return self.entry.endpoint_name
+
+    @property
+    def min_replicas(self) -> int:
+        return self.entry.endpoint.replicas.min
+
+    @property
+    def max_replicas(self) -> int:
+        return self.entry.endpoint.replicas.max
+
+    @property
+    def target_in_flight(self) -> int:
+        """Requests one server runs before the model counts as full (catalog, or framework)."""
+        return self.entry.endpoint.target_in_flight or self.framework_info.target_in_flight
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -66,7 +82,12 @@ class RouteTable:
         for catalog in catalogs:
             names: dict[str, Route] = {}
             for entry in catalog.entries:
-                route = Route(catalog.cluster, entry, server_spec(entry, catalog.profile))
+                route = Route(
+                    catalog.cluster,
+                    entry,
+                    server_spec(entry, catalog.profile),
+                    walltime_s(entry, catalog.profile),
+                )
                 for name in entry.endpoint.names:
                     names[name] = route
             self._by_cluster[catalog.cluster] = names
@@ -141,6 +162,14 @@ class RouteTable:
             param="model",
             code="model_not_found",
         )
+
+
+def walltime_s(entry: CatalogEntry, profile: ClusterProfile) -> float | None:
+    """The endpoint's job walltime in seconds; None on a cluster whose jobs have none."""
+    if profile.scheduler == "local":
+        return None
+    hours, minutes, seconds = (entry.endpoint.walltime or profile.provider.walltime).split(":")
+    return int(hours) * 3600.0 + int(minutes) * 60.0 + int(seconds)
 
 
 def check_framework(route: Route, model: str, framework: str) -> None:

@@ -26,6 +26,7 @@ from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.dispatch.dispatcher import Dispatcher
+from inference_bundle.router.dispatch.replica_control import ReplicaControl
 from inference_bundle.router.dispatch.scheduler_listing import JobListing
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.executors.globus import (
@@ -33,9 +34,11 @@ from inference_bundle.router.executors.globus import (
     SharedSubmitter,
     default_sdk_executor,
 )
-from inference_bundle.router.executors.pool import ExecutorPool, engine_factory
+from inference_bundle.router.executors.pool import ExecutorPool, engine_factory, one_replica
 from inference_bundle.router.fleet.maintenance import Maintenance
 from inference_bundle.router.fleet.placement import Placement
+from inference_bundle.router.fleet.replica_metrics import ReplicaMetrics
+from inference_bundle.router.fleet.replicas import Replicas
 from inference_bundle.router.fleet.states import ModelStatus, StateTracker
 from inference_bundle.router.fleet.warm_schedules import WarmKeeper
 from inference_bundle.router.host_lookup import HostCheck
@@ -82,6 +85,7 @@ class RouterService:
     config_path: Path | None = None  # the settings file, reread for new limits
     cache_salt_key: str = ""  # keys the prefix caches' salts (api.prefix_cache)
     media_hosts: HostCheck = field(default_factory=HostCheck)  # do media URLs' hosts resolve
+    replica_metrics: ReplicaMetrics | None = None
     minute_series: MinuteSeries = field(default_factory=MinuteSeries)  # the status page's charts
 
     def shutdown(self) -> None:
@@ -112,14 +116,16 @@ def build_service(
     closers: list[Callable[[], None]] = []
     if settings.executor == "engine":
         pool = ExecutorPool(engine_factory(catalogs, root / "templates", state_dir))
-        batch_pool = ExecutorPool(engine_batch_factory(state_dir))
+        batch_pool = ExecutorPool(one_replica(engine_batch_factory(state_dir)))
         job_listing = JobListing(catalogs)
     else:
         registries = {c.cluster: load_registry(root, c.cluster) for c in catalogs}
         submitter = SharedSubmitter(sdk_executor())
         closers.append(submitter.shutdown)
         pool = ExecutorPool(
-            lambda route: GlobusExecutor(route.endpoint_name, registries[route.cluster], submitter)
+            lambda route, replica: GlobusExecutor(
+                route.endpoint_name, registries[route.cluster], submitter, replica
+            )
         )
         # Each cluster lists its jobs through a small endpoint on its login node.
         jobs_endpoints = {
@@ -130,7 +136,7 @@ def build_service(
         }
         job_listing = JobListing(catalogs, remote=jobs_endpoints)
         batch_pool = ExecutorPool(
-            lambda route: GlobusExecutor(
+            lambda route, _replica: GlobusExecutor(
                 batch_endpoint(route), registries[route.cluster], submitter
             )
         )
@@ -138,6 +144,7 @@ def build_service(
     if settings.data_plane.enabled:
         endpoints = {route.endpoint_name for route in table.routes()}
         plane = DataPlane(settings.data_plane, settings.dial_url(), endpoints)
+    replicas = Replicas({r.endpoint_name: r.max_replicas for r in table.routes()})
     dispatcher = Dispatcher(
         pool,
         tracker,
@@ -146,8 +153,13 @@ def build_service(
         job_listing=job_listing,
         plane=plane,
         maintenance=Maintenance({c.cluster: c.profile for c in catalogs}),
+        replicas=replicas,
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
+    replica_metrics = ReplicaMetrics(
+        metrics.registry,
+        lambda: [(r.model, replicas.of(r.endpoint_name)) for r in table.routes()],
+    )
     metrics.registry.register(ConnectionsCollector(table, plane))
     authenticator = build_authenticator(settings.auth, root)
     db = open_database(settings, state_dir)
@@ -173,6 +185,7 @@ def build_service(
         metrics_token=metrics_token(settings.metrics, state_dir),
         config_path=config_path,
         cache_salt_key=_cache_salt_key(state_dir),
+        replica_metrics=replica_metrics,
     )
 
 
@@ -340,6 +353,20 @@ def warm_keeper(service: RouterService) -> WarmKeeper:
         maintenance,
         dispatcher.ensure,
         lambda route: service.tracker.status(route.endpoint_name),
+    )
+
+
+def replica_control(service: RouterService) -> ReplicaControl:
+    """The control of a router's replicas (none without a data plane: a replica is only
+    used over its connection)."""
+    dispatcher = service.dispatcher
+    routes = service.table.routes() if dispatcher.plane is not None else []
+    metrics = service.replica_metrics
+    return ReplicaControl(
+        routes,
+        dispatcher,
+        service.settings.replicas,
+        on_change=None if metrics is None else metrics.changed,
     )
 
 

@@ -101,3 +101,17 @@ def test_user_walltime_option(tmp_path: Path) -> None:
         load_rendered(endpoint, tmp_path, user_opts={"walltime": "forever"})
     with pytest.raises(jsonschema.ValidationError):
         load_rendered(endpoint, tmp_path, user_opts={"queue": "debug"})
+
+
+def test_replica_option(tmp_path: Path) -> None:
+    # meta-llama-3-1-8b-instruct may have 3 replicas: indexes 0..5 (a walltime successor
+    # beside each). Each loads as its own engine, its job told which replica it serves.
+    _, rendered = endpoints("sophia")
+    endpoint = next(e for e in rendered if e.name == "sophia-meta-llama-3-1-8b-instruct")
+    for config in loaded(endpoint, tmp_path, user_opts={"replica": 5}):
+        assert "export BUNDLE_REPLICA=5\n" in config.engine.executor.provider.worker_init
+    for config in loaded(endpoint, tmp_path):  # the endpoint as it always was: replica 0
+        assert "export BUNDLE_REPLICA=0\n" in config.engine.executor.provider.worker_init
+    for wrong in (6, -1, "1"):
+        with pytest.raises(jsonschema.ValidationError):
+            load_rendered(endpoint, tmp_path, user_opts={"replica": wrong})

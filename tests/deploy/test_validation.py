@@ -283,3 +283,29 @@ def test_unknown_scheduler(repo: Path, edit: Edit) -> None:
 def test_missing_scheduler(repo: Path, edit: Edit) -> None:
     edit(SOPHIA, "scheduler: pbspro\n", "")
     assert problems(repo) == [f"{SOPHIA}: scheduler: required field is missing; add it"]
+
+
+def test_replicas_min_above_max(repo: Path, edit: Edit) -> None:
+    edit(LLAMA8, "  min: 0\n  max: 3", "  min: 3\n  max: 2")
+    assert problems(repo) == [f"{LLAMA8}: replicas.min: is 3 but replicas.max is 2; lower min"]
+
+
+def test_replicas_beyond_what_the_cluster_allows(repo: Path, edit: Edit) -> None:
+    edit(LLAMA8, "  max: 3", "  max: 9")
+    assert problems(repo) == [
+        f"{LLAMA8}: replicas.max: is 9 but sophia lets one model hold at most 4 node(s) "
+        "(its profile's max_replicas); lower it"
+    ]
+
+
+def test_a_target_of_zero_requests(repo: Path, edit: Edit) -> None:
+    edit(LLAMA8, "replicas:", "target_in_flight: 0\nreplicas:")
+    [line] = problems(repo)
+    assert line.startswith(f"{LLAMA8}: target_in_flight: ")
+    assert "greater than or equal to 1" in line, line
+
+
+def test_replicas_take_only_min_and_max(repo: Path, edit: Edit) -> None:
+    edit(LLAMA8, "  max: 3", "  max: 3\n  most: 5")
+    [line] = problems(repo)
+    assert line.startswith(f"{LLAMA8}: replicas.most: ")

@@ -147,7 +147,7 @@ def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         endpoint = ScriptedEndpoint()
         key = create_api_key(tmp_path / "keys.json", "alice@anl.gov")
         service = build_service(settings(tmp_path, **changes), ROOT)
-        service.pool = ExecutorPool(lambda route: endpoint)
+        service.pool = ExecutorPool(lambda route, _replica: endpoint)
         service.dispatcher.pool = service.pool
         service.dispatcher.poll_s = 0.05
         service.job_listing = service.dispatcher.job_listing = NoScheduler()  # type: ignore[assignment]

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 
 from inference_bundle.router.api.common import authenticate, bound_route, require_cluster
 from inference_bundle.router.auth import Caller, may_use
+from inference_bundle.router.dataplane.connections import server_label
 from inference_bundle.router.dispatch.job_lookup import job_of
 from inference_bundle.router.fleet.estimates import estimate
 from inference_bundle.router.fleet.states import ModelState
@@ -142,6 +143,7 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
+                "replicas": _replicas(service, route),
                 **eta.fields(),
             }
         )
@@ -164,6 +166,7 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
+                "replicas": _replicas(service, route),
                 **estimate(status, None, time.time()).fields(),
             }
         )
@@ -186,6 +189,7 @@ def _model_entry(
         entry["disabled_reason"] = ep.disabled_reason
     else:
         entry["connected_servers"] = _servers(service, route)
+        entry["replicas"] = _replicas(service, route)
         job = job_of(jobs, route.endpoint_name)
         entry["job"] = None if job is None else _job_summary(job)
         entry.update(estimate(status, job, time.time()).fields())
@@ -208,6 +212,23 @@ def _servers(service: RouterService, route: Route) -> list[dict[str, Any]]:
     """The model's servers connected to this router (the data plane), each described."""
     plane = service.dispatcher.plane
     return [] if plane is None else plane.servers(route.endpoint_name)
+
+
+def _replicas(service: RouterService, route: Route) -> list[dict[str, Any]]:
+    """The model's replicas as this router knows them (router.fleet.replicas): each one's
+    node, phase, requests in flight, walltime left and whether it drains."""
+    plane = service.dispatcher.plane
+    in_flight = {} if plane is None else plane.hub.in_flight(route.endpoint_name)
+    now = time.time()
+    shown = []
+    for replica in service.dispatcher.replicas.of(route.endpoint_name).all():
+        described = replica.describe(now, route.walltime_s)
+        described["in_flight"] = in_flight.get(replica.server_id or "", 0)
+        described["server"] = server_label(replica.server_id) if replica.server_id else None
+        described["asked_at"] = _iso(replica.asked_at)
+        described["ready_at"] = _iso(replica.ready_at)
+        shown.append(described)
+    return shown
 
 
 def _iso(moment: float | None) -> str | None:

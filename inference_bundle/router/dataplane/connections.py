@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -265,14 +266,31 @@ class ConnectionHub:
                     return connection
         return None
 
-    def pick(self, endpoint: str) -> NodeConnection | None:
-        """The live connection of ``endpoint`` with the fewest requests in flight."""
+    def pick(self, endpoint: str, avoid: frozenset[str] = frozenset()) -> NodeConnection | None:
+        """A live connection of ``endpoint``, not of a server in ``avoid`` (draining): of two
+        drawn at random, the one with fewer requests in flight (the power of two choices:
+        close to the least busy, without every router and request crowding the same one)."""
         live = self._by_endpoint.get(endpoint)
         if not live:
             return None
         if len(live) == 1:
-            return None if live[0].closed else live[0]
-        return min((c for c in live if not c.closed), key=lambda c: c.in_flight, default=None)
+            only = live[0]
+            return None if only.closed or only.server_id in avoid else only
+        usable = [c for c in live if not c.closed and c.server_id not in avoid]
+        if len(usable) <= 2:
+            return min(usable, key=lambda c: c.in_flight, default=None)
+        first, second = random.sample(usable, 2)
+        return first if first.in_flight <= second.in_flight else second
+
+    def in_flight(self, endpoint: str) -> dict[str, int]:
+        """The live connections of ``endpoint``: server id → requests in flight on it."""
+        counts: dict[str, int] = {}
+        for connection in self._by_endpoint.get(endpoint, []):
+            if not connection.closed:
+                counts[connection.server_id] = (
+                    counts.get(connection.server_id, 0) + connection.in_flight
+                )
+        return counts
 
     async def wait_for(self, endpoint: str, timeout_s: float) -> NodeConnection | None:
         """A connection of ``endpoint``, waiting up to ``timeout_s`` for one to dial in."""

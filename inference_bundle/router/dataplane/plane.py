@@ -39,9 +39,10 @@ class DataPlane:
         """A task's envelope names its server and that server's key: dials that prove it."""
         self.keys.vouch(route.endpoint_name, envelope.node)
 
-    def pick(self, route: Route) -> NodeConnection | None:
-        """The least busy live connection of the route's endpoint."""
-        return self.hub.pick(route.endpoint_name)
+    def pick(self, route: Route, avoid: frozenset[str] = frozenset()) -> NodeConnection | None:
+        """A live connection of the route's endpoint, the less busy of two, not of a server
+        in ``avoid`` (draining)."""
+        return self.hub.pick(route.endpoint_name, avoid)
 
     async def wait_for(self, route: Route) -> NodeConnection | None:
         """A connection of the route's endpoint, waiting up to connect_wait_s for one."""

@@ -33,8 +33,8 @@ from inference_bundle.router.dispatch.errors import (
 )
 from inference_bundle.router.dispatch.job_lookup import (
     JobLookup,
-    retrieve,
 )
+from inference_bundle.router.dispatch.replica_tasks import ReplicaTasks
 from inference_bundle.router.dispatch.runtime_requests import (
     ENSURE,
     body_bytes,
@@ -48,6 +48,7 @@ from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.fleet.estimates import Eta
 from inference_bundle.router.fleet.maintenance import Maintenance
+from inference_bundle.router.fleet.replicas import Replicas
 from inference_bundle.router.fleet.states import ModelStatus, StateTracker
 from inference_bundle.router.node_envelope import Envelope, EnvelopeError
 from inference_bundle.router.routes import Route
@@ -86,26 +87,38 @@ class Dispatcher(JobLookup):
         job_listing: JobListing | None = None,
         plane: DataPlane | None = None,
         maintenance: Maintenance | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         super().__init__(job_listing)
         self.plane = plane
+        # Which replica each task goes to, which servers drain (router.fleet.replicas).
+        self.replicas = replicas or Replicas({})
+        self.tasks = ReplicaTasks(pool, plane, self.replicas, runtime_version)
         # The served clusters' maintenance windows: starts a window would cut get a 503.
         self.maintenance = maintenance
-        self.pool = pool
+        self._pool = pool
         self.tracker = tracker
         self.wait_s = wait_s
         self.runtime_version = runtime_version
         self.poll_s = poll_s
-        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool(self) -> ExecutorPool:
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: ExecutorPool) -> None:
+        """Another pool (tests' own executors): the replicas' tasks go to it too."""
+        self._pool = self.tasks.pool = pool
 
     async def send(self, route: Route, request: dict[str, Any], on_wait: OnWait | None) -> Answer:
         """A whole answer."""
         began = time.monotonic()
         # A form rides only a connection: a cold model is started first.
-        if is_form(request) and self.plane is not None and self.plane.pick(route) is None:
+        if is_form(request) and self.pick(route) is None:
             await self._connect(route, on_wait, began)
         for _ in range(_CONNECTION_TRIES):
-            if self.plane is None or (connection := self.plane.pick(route)) is None:
+            if (connection := self.pick(route)) is None:
                 break
             answer = await self._over(connection, route, request, began)
             if answer is not None:
@@ -118,7 +131,7 @@ class Dispatcher(JobLookup):
         """A streamed answer down a connection; failing that, a whole one through a task."""
         began = time.monotonic()
         if self.plane is not None:
-            connection = self.plane.pick(route)
+            connection = self.pick(route)
             cold = False
             start_wait = 0.0
             if connection is None:
@@ -131,8 +144,15 @@ class Dispatcher(JobLookup):
                 if streamed is not None:
                     streamed.start_wait_s = start_wait
                     return streamed
-                connection = self.plane.pick(route)  # that line closed before the answer began
+                connection = self.pick(route)  # that line closed before the answer began
         return await self._through_task(route, whole(request), on_wait, began)
+
+    def pick(self, route: Route) -> NodeConnection | None:
+        """A connection of the route's model to send a request down: the less busy of two
+        of its ready replicas (none that drains); None when none is connected."""
+        if self.plane is None:
+            return None
+        return self.plane.pick(route, self.replicas.of(route.endpoint_name).draining())
 
     async def _connect(
         self, route: Route, on_wait: OnWait | None, began: float
@@ -199,7 +219,7 @@ class Dispatcher(JobLookup):
     ) -> Streamed | None:
         key = route.endpoint_name
         self.tracker.begin_warm(key)
-        self._keep_engine(route)
+        self.tasks.keep(route, connection)
         try:
             relay = await connection.open(
                 request["method"], request["path"], body_bytes(request), media_type(request)
@@ -259,7 +279,8 @@ class Dispatcher(JobLookup):
         key = route.endpoint_name
         if self.maintenance is not None:  # no start that a maintenance window would cut
             self.maintenance.check_start(route, self.tracker.status(key))
-        executor = await self._executor(route)
+        index = self.replicas.of(key).for_request(time.time())
+        executor = await self._executor(route, index)
         cold = self.tracker.begin(key)
         future = executor.submit(serve, self.runtime_version, route.spec.to_dict(), request)
         future.add_done_callback(lambda done: self._finished(route, done))
@@ -276,12 +297,13 @@ class Dispatcher(JobLookup):
             status = self.tracker.waiting(key, held)
             eta = await self.eta(route, status)
             if waited >= self.wait_s:
-                waiting.add_done_callback(retrieve)
+                # The task goes on: its envelope, when it comes, still places the replica.
+                waiting.add_done_callback(lambda done: self.tasks.landed(route, index, done))
                 raise still_starting(route, status, waited, eta)
             if on_wait is not None:
                 await on_wait(status, waited, eta)
         try:
-            envelope = Envelope.parse(waiting.result())
+            envelope = self._parsed(route, index, waiting)
         except EnvelopeError as err:
             raise APIError(
                 502,
@@ -304,13 +326,20 @@ class Dispatcher(JobLookup):
                 type="server_error",
                 code="executor_failed",
             ) from None
-        if self.plane is not None:
-            self.plane.vouch(route, envelope)
+        self.tasks.placed(route, index, envelope)
         return envelope, cold
 
-    async def _executor(self, route: Route) -> Any:
+    def _parsed(self, route: Route, index: int, waiting: asyncio.Future[Any]) -> Envelope:
+        """The task's envelope; a replica claimed for it that no server came of is let go."""
         try:
-            return await asyncio.to_thread(self.pool.get, route)
+            return Envelope.parse(waiting.result())
+        except BaseException:
+            self.replicas.of(route.endpoint_name).abandon(index)
+            raise
+
+    async def _executor(self, route: Route, index: int = 0) -> Any:
+        try:
+            return await asyncio.to_thread(self.pool.get, route, index)
         except Exception as err:
             raise APIError(
                 502,
@@ -318,34 +347,6 @@ class Dispatcher(JobLookup):
                 type="server_error",
                 code="executor_failed",
             ) from None
-
-    def _keep_engine(self, route: Route) -> None:
-        """Every refresh_s of use over connections, one task in the background.
-
-        The engine sees no task for requests that ride a connection; this one keeps it (and
-        its scheduler job) from idling out while the model is used, and hands the server a
-        key its server has (the router learns a restarted server's key so). It carries no
-        credential: the server is connected, and a credential written ahead of its need
-        would only wait in the node's files for someone to read it. No user waits for it.
-        """
-        assert self.plane is not None
-        if not self.plane.refresh_due(route):
-            return
-        self.plane.refreshed(route)
-        task = asyncio.create_task(self._refresh(route, dict(ENSURE)))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _refresh(self, route: Route, request: dict[str, Any]) -> None:
-        try:
-            executor = await self._executor(route)
-            raw = await asyncio.wrap_future(
-                executor.submit(serve, self.runtime_version, route.spec.to_dict(), request)
-            )
-            if self.plane is not None:
-                self.plane.vouch(route, Envelope.parse(raw))
-        except Exception as err:  # the next request's own task will say what is wrong
-            log.warning("keeping %s's engine: %s", route.endpoint_name, err)
 
     def _finished(self, route: Route, done: Future[Any]) -> None:
         error = done.exception()

@@ -31,14 +31,20 @@ class EngineExecutor:
     scheduler for a block on the first task and gives it back after ``max_idletime``.
     """
 
-    def __init__(self, endpoint_dir: Path, run_dir: Path) -> None:
+    def __init__(
+        self, endpoint_dir: Path, run_dir: Path, user_opts: dict[str, Any] | None = None
+    ) -> None:
         if shutil.which("globus-compute-endpoint") is None:
             # The engine starts its interchange and workers through PATH (python-exec).
             os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.name = endpoint_dir.name
+        replica = (user_opts or {}).get("replica", 0)
+        if replica:
+            self.name = f"{self.name}#{replica}"
         self.serializer = ComputeSerializer(strategy_code=PureSourceTextInspect())
         self._functions: dict[Callable[..., Any], str] = {}
-        self.engine = load_endpoint_dir(endpoint_dir).engine
+        # As a multi-user endpoint does for a user's config: rendered with its options.
+        self.engine = load_endpoint_dir(endpoint_dir, user_opts).engine
         run_dir.mkdir(parents=True, exist_ok=True)
         self.engine.start(endpoint_id=uuid.uuid5(_NAMESPACE, self.name), run_dir=str(run_dir))
 

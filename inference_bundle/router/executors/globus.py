@@ -32,9 +32,18 @@ class SharedSubmitter:
         self._sdk = sdk_executor
         self._lock = threading.Lock()
 
-    def submit(self, endpoint_id: str, function_id: str, args: tuple[Any, ...]) -> Future[Any]:
+    def submit(
+        self,
+        endpoint_id: str,
+        function_id: str,
+        args: tuple[Any, ...],
+        user_config: dict[str, Any] | None = None,
+    ) -> Future[Any]:
         with self._lock:
             self._sdk.endpoint_id = endpoint_id
+            # A distinct user endpoint config is a user endpoint of its own (its own engine,
+            # provider and job): a replica's index makes one per replica.
+            self._sdk.user_endpoint_config = user_config
             future: Future[Any] = self._sdk.submit_to_registered_function(function_id, args=args)
             return future
 
@@ -52,8 +61,11 @@ def default_sdk_executor() -> Any:
 class GlobusExecutor:
     """Runs registered functions on one endpoint through the shared submitter."""
 
-    def __init__(self, endpoint: str, registry: Registry, submitter: SharedSubmitter) -> None:
+    def __init__(
+        self, endpoint: str, registry: Registry, submitter: SharedSubmitter, replica: int = 0
+    ) -> None:
         self.endpoint = endpoint
+        self.user_config = {"replica": replica} if replica else None
         self.endpoint_id = registry.endpoint_id(endpoint)
         self.registry = registry
         self.submitter = submitter
@@ -69,7 +81,7 @@ class GlobusExecutor:
             )
         function_id = self.registry.function_id(function.__name__)
         answer: Future[Any] = Future()
-        remote = self.submitter.submit(self.endpoint_id, function_id, args)
+        remote = self.submitter.submit(self.endpoint_id, function_id, args, self.user_config)
         remote.add_done_callback(lambda done: _relay(done, answer, self.endpoint))
         return answer
 

@@ -208,6 +208,7 @@ async def test_list_endpoints(harness: Harness) -> None:
         "batch": True,
         "state": "ready",
         "connected_servers": [],  # this harness's servers never dial in (task path only)
+        "replicas": [],  # nor say where they run (no node in their envelopes)
         # No job listed (NoScheduler); ready, so no estimate; its start took no time here.
         "job": None,
         "estimated_start": None,

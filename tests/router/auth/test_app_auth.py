@@ -59,7 +59,7 @@ async def client(fake: FakeGlobusAuth, tmp_path: Path) -> AsyncIterator[httpx.As
     )
     service = build_service(settings, ROOT)
     endpoint = ScriptedEndpoint()
-    service.pool = ExecutorPool(lambda route: endpoint)
+    service.pool = ExecutorPool(lambda route, _replica: endpoint)
     service.dispatcher.pool = service.pool
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:

@@ -66,7 +66,7 @@ def test_an_executor_started_while_the_router_stops_is_stopped_too() -> None:
     entered, release = threading.Event(), threading.Event()
     made: list[Recorded] = []
 
-    def slow_start(route: Route) -> Executor:
+    def slow_start(route: Route, replica: int) -> Executor:
         entered.set()
         release.wait(10)
         made.append(Recorded())

@@ -42,7 +42,9 @@ class RecordingSDKExecutor:
 
     def __init__(self, fail_with: BaseException | None = None) -> None:
         self.endpoint_id: str | None = None
+        self.user_endpoint_config: dict[str, Any] | None = None
         self.calls: list[tuple[str | None, str, tuple[Any, ...]]] = []
+        self.configs: list[dict[str, Any] | None] = []
         self.fail_with = fail_with
         self.stopped = False
 
@@ -51,6 +53,7 @@ class RecordingSDKExecutor:
     ) -> Future[Any]:
         assert args is not None
         self.calls.append((self.endpoint_id, function_id, args))
+        self.configs.append(self.user_endpoint_config)
         future: Future[Any] = Future()
         if self.fail_with is not None:
             future.set_exception(self.fail_with)
@@ -106,6 +109,22 @@ def test_each_endpoint_gets_its_own_id_under_concurrency() -> None:
     for endpoint_id, function_id, args in sdk.calls:
         assert function_id == SERVE_ID
         assert endpoint_id == ids[args[1]["name"]]
+
+
+def test_each_replica_is_a_user_endpoint_of_its_own() -> None:
+    # The service makes one user endpoint per distinct user endpoint config (its id is of
+    # endpoint, identity and config): the replica index in it gives each replica its own.
+    assert isinstance(inspect.getattr_static(SDKExecutor, "user_endpoint_config"), property)
+    assert inspect.getattr_static(SDKExecutor, "user_endpoint_config").fset is not None
+    ids = {"sophia-a": str(uuid.uuid4())}
+    sdk = RecordingSDKExecutor()
+    submitter = SharedSubmitter(sdk)
+    first, second = (GlobusExecutor("sophia-a", registry(ids), submitter, n) for n in (0, 2))
+    for executor in (first, second, first):
+        executor.submit(serve, "0.1.0", {"name": "m"}, {"body": {}}).result()
+    assert [endpoint for endpoint, _, _ in sdk.calls] == [ids["sophia-a"]] * 3
+    # Replica 0 is the endpoint as it always was (no options); the others name their index.
+    assert sdk.configs == [None, {"replica": 2}, None]
 
 
 def test_remote_failure_becomes_function_failed() -> None:

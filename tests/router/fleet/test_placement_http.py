@@ -43,7 +43,7 @@ class TwoClusters:
         self.h = harness
         self.endpoints = {"local": ScriptedEndpoint(), "local-slurm": ScriptedEndpoint()}
         service = harness.service
-        service.pool = ExecutorPool(lambda route: self.endpoints[route.cluster])
+        service.pool = ExecutorPool(lambda route, _replica: self.endpoints[route.cluster])
         service.dispatcher.pool = service.pool
         self.clock = Clock(0.0)
         service.placement.clock = self.clock
@@ -200,7 +200,7 @@ async def test_a_stream_that_fails_ends_with_its_error_and_passes_its_cluster_ov
 class OneConnected:
     """A data plane where only local-slurm's server is connected."""
 
-    def pick(self, route: Route) -> object | None:
+    def pick(self, route: Route, avoid: frozenset[str] = frozenset()) -> object | None:
         return object() if route.cluster == "local-slurm" else None
 
     def dial(self, route: Route) -> dict[str, Any]:

@@ -84,7 +84,7 @@ async def test_a_503_leaves_its_start_running_and_its_request_expiring(
     """The 503 promises the start goes on; the task's request carries when its caller left."""
     h = make_harness(wait_s=0.2)
     held = HeldEndpoint()
-    h.service.pool = h.service.dispatcher.pool = ExecutorPool(lambda route: held)
+    h.service.pool = h.service.dispatcher.pool = ExecutorPool(lambda route, _replica: held)
     async with h.client:
         asked = time.time()
         response = await chat(h)
