@@ -36,7 +36,8 @@ Server spec (``ServerSpec.from_dict``; spec_version 1; unknown fields are refuse
      # optional additions to the shape (defaults shown):
      "request_timeout_s": 600,                # bounds the connect and each read
      "stop_grace_s": 10,                      # SIGTERM, then SIGKILL after this
-     "role": "interactive"}                   # or "batch": a server of its own (runtime 0.2)
+     "role": "interactive",                   # or "batch": a server of its own (runtime 0.2)
+     "replica": 0}                            # which replica: a server of its own (0.8)
 
 A batch job (``node_runtime.batch.run_batch``) always uses role "batch": its own server,
 folder, lock and port, never the interactive server of the same model on the same host.
@@ -69,7 +70,9 @@ server's application, holding the same in-flight marker and last-use stamp as a 
 through ``handle``. Since 0.4 the dial file keeps one dial per router URL (several router
 replicas behind one site's address each hand the node their own) and the agent keeps a
 connection to each. Since 0.7 bodies cross in bounded records with a window per stream,
-the line's liveness is heartbeats, and each dial proves the server's in-memory key.
+the line's liveness is heartbeats, and each dial proves the server's in-memory key. Since
+0.8 each heartbeat is followed by the server's own load (vLLM's running and waiting counts,
+``dialout.server_load``), so that routers sharing a server see its whole queue.
 
 A batch job (0.4) honours a pause marker in the batch's folder
 (``batch_files.request_pause``): it ends with state "paused" after the lines in flight, and

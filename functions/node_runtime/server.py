@@ -68,7 +68,7 @@ def use_server(spec: ServerSpec) -> Iterator[ServerHandle]:
     can never stop the server between the check and the request.
     """
     began = time.monotonic()
-    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role)
+    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role, spec.replica)
     with exclusive_lock(paths.lock, _lock_wait_s(spec), _what(spec)):
         state, started = _ensure_locked(spec, paths)
         marker = hold_in_flight(paths)
@@ -88,7 +88,7 @@ def ensure_server(spec: ServerSpec) -> ServerHandle:
 
 def stop_server(spec: ServerSpec, reason: str = "asked to stop") -> bool:
     """Stop the model's server on this node, if one runs; True if there was one."""
-    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role)
+    paths = ServerPaths.for_model(spec.state_dir, spec.name, spec.role, spec.replica)
     with exclusive_lock(paths.lock, _lock_wait_s(spec), _what(spec)):
         state = read_state(paths)
         if state is None:

@@ -8,7 +8,8 @@ Layout: <state_dir>/<hostname>/<server key>/ holds
     in_flight   every request holds a shared fcntl lock on it while it runs
 The hostname level keeps nodes apart if state_dir is on a shared file system. The server key
 is the model's, plus the role for a batch server, so that a batch never shares (and never
-stops) the interactive server of its model on the same host.
+stops) the interactive server of its model on the same host, and the replica's index past
+the first (``ServerSpec.replica``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class ServerPaths:
     root: Path
 
     @classmethod
-    def for_model(cls, state_dir: str, name: str, role: str = "interactive") -> ServerPaths:
-        root = Path(state_dir) / socket.gethostname() / model_key(name, role)
+    def for_model(
+        cls, state_dir: str, name: str, role: str = "interactive", replica: int = 0
+    ) -> ServerPaths:
+        root = Path(state_dir) / socket.gethostname() / model_key(name, role, replica)
         root.mkdir(parents=True, exist_ok=True)
         return cls(root)
 
@@ -195,11 +198,14 @@ def idle_for(paths: ServerPaths) -> float:
         return float("inf")
 
 
-def model_key(name: str, role: str = "interactive") -> str:
+def model_key(name: str, role: str = "interactive", replica: int = 0) -> str:
     """The folder a server's files live in under <state_dir>/<host>/: readable and unique.
 
-    An interactive server's key is the model's alone; a batch server's adds its role.
+    An interactive server's key is the model's alone; a batch server's adds its role, and a
+    replica past the first its index (two replicas share a node only while one succeeds the
+    other before its walltime, on a cluster whose jobs share nodes).
     """
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
     key = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return key if role == "interactive" else f"{key}.{role}"
+    key = key if role == "interactive" else f"{key}.{role}"
+    return key if replica == 0 else f"{key}.r{replica}"

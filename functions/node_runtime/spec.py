@@ -44,6 +44,9 @@ class ServerSpec:
     request_timeout_s: float = 600.0
     stop_grace_s: float = 10.0
     role: str = "interactive"
+    # Which of the model's replicas (the router's): a server of its own, even on a node that
+    # another replica's job shares for a while (0.8).
+    replica: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -90,6 +93,12 @@ class ServerSpec:
             _check(value > 0, key, value, "give a positive number of seconds")
         _check(
             self.stop_grace_s >= 0, "stop_grace_s", self.stop_grace_s, "give zero or more seconds"
+        )
+        _check(
+            type(self.replica) is int and self.replica >= 0,
+            "replica",
+            self.replica,
+            "give a whole number, 0 or more",
         )
 
     @classmethod
@@ -160,6 +169,7 @@ class ServerSpec:
             "stop_grace_s": self.stop_grace_s,
             "state_dir": self.state_dir,
             "role": self.role,
+            "replica": self.replica,
         }
 
     def process_hash(self) -> str:

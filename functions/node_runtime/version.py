@@ -6,7 +6,8 @@ this module, which imports nothing."""
 # of their own, batches that restart a dead server; 0.3: the data plane's agent, "dial" and
 # "send" in the request; 0.4: a dial per router URL, a connection to each, and batches that
 # pause; 0.5: the scheduler's estimated start and queue position in the job listing; 0.6: the
-# newer APIs; 0.7: bounded records, windows, heartbeats and the server's key): the router
+# newer APIs; 0.7: bounded records, windows, heartbeats and the server's key; 0.8: the
+# server's own load, sent with each heartbeat): the router
 # checks it on every call, and a deploy installs the runtime into a site's environment only
 # when this differs.
-__version__ = "0.7.0"
+__version__ = "0.8.0"

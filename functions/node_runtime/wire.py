@@ -17,6 +17,9 @@ bound: the largest message either side takes is ``MAX_MESSAGE``.
                      BODY      bytes of the answer, as the server wrote them
                      END       (empty) the answer is complete
                      FAIL      UTF-8 text: the answer broke off (the server failed mid-way)
+                     LOAD      (stream 0) JSON {"running", "waiting"}: the server's own
+                               count of requests it runs and queues (vLLM's metrics), sent
+                               with each heartbeat by a server that reports them (0.8)
     both ways        HEARTBEAT (empty, stream 0) sent by the node every ``HEARTBEAT_S``, echoed
 
 Flow control is per stream: the node sends at most ``window`` answer bytes (the REQUEST
@@ -57,6 +60,7 @@ END = 5
 FAIL = 6
 WINDOW = 7
 HEARTBEAT = 8
+LOAD = 9
 
 MAX_PAYLOAD = 64 * 1024
 MAX_MESSAGE = 128 * 1024  # a record, its header and a REQUEST head, with room to spare
@@ -175,6 +179,22 @@ def parse_window(payload: bytes) -> int:
 
 
 HEARTBEAT_RECORD = pack(HEARTBEAT, 0)
+
+
+def load_record(running: int, waiting: int) -> bytes:
+    return pack(LOAD, 0, json.dumps({"running": running, "waiting": waiting}).encode())
+
+
+def parse_load(payload: bytes) -> tuple[int, int]:
+    """(running, waiting) of a LOAD record; WireError if it is not two counts."""
+    try:
+        data = json.loads(payload)
+        running, waiting = data["running"], data["waiting"]
+    except (ValueError, TypeError, KeyError):
+        raise WireError("a LOAD record that is not {running, waiting}") from None
+    if not all(type(n) is int and n >= 0 for n in (running, waiting)):
+        raise WireError("a LOAD record whose counts are not whole numbers")
+    return running, waiting
 
 
 def websocket_url(router_url: str) -> str:

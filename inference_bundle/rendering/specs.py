@@ -49,6 +49,7 @@ def server_spec(entry: CatalogEntry, profile: ClusterProfile) -> ServerSpec:
             request_timeout_s=float(_own_or(ep.request_timeout_s, profile.request_timeout_s)),
             stop_grace_s=float(_own_or(ep.stop_grace_s, profile.stop_grace_s)),
             role="interactive",  # a batch job makes its own spec "batch" (node_runtime.batch)
+            replica=0,  # each replica's task says its own (router.dispatch)
         )
     except SpecError as err:
         raise CatalogError([Problem(entry.file, "(server spec)", str(err))]) from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from node_runtime.spec import ServerSpec
 
@@ -43,6 +44,10 @@ class Route:
     @property
     def endpoint_name(self) -> str:
         return self.entry.endpoint_name
+
+    def task_spec(self, replica: int = 0) -> dict[str, Any]:
+        """The spec a task of replica ``replica`` carries (its server is its own)."""
+        return replace(self.spec, replica=replica).to_dict()
 
     @property
     def min_replicas(self) -> int:

@@ -55,10 +55,11 @@ def test_the_spec_timeouts_are_fields_of_the_endpoint_and_the_profile() -> None:
     assert set(CATALOG_FIELDS) <= set(Endpoint.model_fields)
     assert set(CATALOG_FIELDS) <= set(LocalProfile.model_fields)
     # The rest are the catalog's in other words (model, kind, server_args, runtimes, paths)
-    # or the router's to fix: the port a node picks, the role a batch job changes.
+    # or the router's to fix: the port a node picks, the role a batch job changes, the
+    # replica each task names.
     assert node_fields - set(CATALOG_FIELDS) == {
         "name", "framework", "task", "weights", "python", "state_dir", "args", "env", "port",
-        "role",
+        "role", "replica",
     }  # fmt: skip
 
 

@@ -112,3 +112,15 @@ def test_a_state_written_by_runtime_0_1_is_read_with_its_one_anchor(tmp_path: Pa
     assert state is not None
     assert (state.anchors, state.role) == (((4242, None),), "interactive")
     procs.stop_group(state.pgid, 1.0)
+
+
+def test_each_replica_has_a_server_folder_of_its_own(tmp_path: Path) -> None:
+    first = ServerPaths.for_model(str(tmp_path), "org/model:v1")
+    second = ServerPaths.for_model(str(tmp_path), "org/model:v1", replica=1)
+    assert first.root.name == model_key("org/model:v1")  # replica 0: as before replicas
+    assert second.root != first.root and second.root.parent == first.root.parent
+    spec = vllm_spec("org/model:v1", tmp_path, require=False)
+    assert ServerSpec.from_dict({**spec, "replica": 3}).replica == 3
+    for wrong in (-1, True, "1"):
+        with pytest.raises(SpecError, match="field 'replica'"):
+            ServerSpec.from_dict({**spec, "replica": wrong})

@@ -31,6 +31,7 @@ from ..version import __version__
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
 from .link import Link, Stream
 from .node_key import make_node_key
+from .server_load import METRICS_PATH, read_load
 
 __all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
 
@@ -111,6 +112,11 @@ class Agent:
                 self._links[url] = Link(self, dial)
             else:
                 link.offer(dial)
+
+    async def load(self) -> tuple[int, int] | None:
+        """The server's own (running, waiting) counts, as its metrics give them, if any."""
+        head = wire.RequestHead("GET", METRICS_PATH, 0, wire.STREAM_WINDOW, "text/plain")
+        return await read_load(self.app, self._scope(head))
 
     def headers(self, dial: Dial) -> list[tuple[str, str]]:
         """The handshake's headers for ``dial``."""

@@ -37,6 +37,10 @@ class LinkAgent(Protocol):
         """Run the requests that come down ``connection`` until it closes."""
         ...
 
+    async def load(self) -> tuple[int, int] | None:
+        """The server's own (running, waiting) counts, if it reports them."""
+        ...
+
 
 class Stream:
     """One request a router sent down a line, as the agent runs it: its body as it arrives,
@@ -176,8 +180,8 @@ class Link:
         self.last_heard = time.monotonic()
 
     async def _heartbeat(self, connection: Any) -> None:
-        """A heartbeat every HEARTBEAT_S (the router echoes it); a line silent for SILENCE_S
-        is hung up on, and dialled again."""
+        """A heartbeat every HEARTBEAT_S (the router echoes it), with the server's load; a
+        line silent for SILENCE_S is hung up on, and dialled again."""
         while True:
             await asyncio.sleep(wire.HEARTBEAT_S)
             silent = time.monotonic() - self.last_heard
@@ -191,6 +195,9 @@ class Link:
                 return
             with contextlib.suppress(Exception):
                 await connection.send(wire.HEARTBEAT_RECORD)
+                load = await self.agent.load()
+                if load is not None:
+                    await connection.send(wire.load_record(*load))
 
     async def hang_up(self) -> None:
         """Say goodbye (the router forgets this server's credential) and stop dialling."""

@@ -70,6 +70,7 @@ def record(
         latency_ms=round(latency * 1000, 2),
         start_wait_s=round(start_wait, 3),
         via=via,
+        server=answer.server if answer is not None else None,
     )
 
 

@@ -169,6 +169,8 @@ class NodeConnection:
     relays: dict[int, Relay] = field(default_factory=dict)
     requests: int = 0
     closed: bool = False
+    # What the server last said of its own load (wire.LOAD): (running, waiting), or None.
+    load: tuple[int, int] | None = None
     _next_id: int = 0
 
     @property
@@ -202,6 +204,9 @@ class NodeConnection:
     def deliver(self, record: bytes) -> None:
         """A record from the node, to the relay it belongs to (a cancelled one drops it)."""
         kind, stream_id, payload = wire.unpack(record)
+        if kind == wire.LOAD:
+            self.load = wire.parse_load(payload)
+            return
         relay = self.relays.get(stream_id)
         if relay is not None:
             relay.offer(kind, payload)
@@ -231,7 +236,17 @@ class NodeConnection:
             "connected_at": round(self.connected_at, 3),
             "in_flight": self.in_flight,
             "requests": self.requests,
+            "server_running": None if self.load is None else self.load[0],
+            "server_waiting": None if self.load is None else self.load[1],
         }
+
+    @property
+    def beyond_own(self) -> int:
+        """The requests the server runs or queues that this router did not send it (other
+        routers'), as its last load report says; 0 without one."""
+        if self.load is None:
+            return 0
+        return max(0, sum(self.load) - self.in_flight)
 
 
 def server_label(server_id: str) -> str:
@@ -281,6 +296,10 @@ class ConnectionHub:
             return min(usable, key=lambda c: c.in_flight, default=None)
         first, second = random.sample(usable, 2)
         return first if first.in_flight <= second.in_flight else second
+
+    def beyond_own(self, endpoint: str) -> int:
+        """What the endpoint's servers run or queue for other routers (their load reports)."""
+        return sum(c.beyond_own for c in self._by_endpoint.get(endpoint, []) if not c.closed)
 
     def in_flight(self, endpoint: str) -> dict[str, int]:
         """The live connections of ``endpoint``: server id → requests in flight on it."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from inference_bundle.router.dataplane.connections import Relay
+from inference_bundle.router.dataplane.connections import Relay, server_label
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Answer:
     cold_start: bool
     via: str = "task"  # or "connection": down the server's own connection
     raw: bytes | None = None  # the body as the server wrote it (connection path; body None)
+    server: str | None = None  # the label of the server that answered (which replica)
 
     def decoded(self) -> Answer:
         """This answer with its body as data (a raw body decoded)."""
@@ -53,3 +54,8 @@ class Streamed:
     finish: Callable[[bool], None]  # call once: whether the answer arrived whole
     via: str = "connection"
     start_wait_s: float = 0.0
+
+    @property
+    def server(self) -> str:
+        """The label of the server whose connection it comes down (which replica)."""
+        return server_label(self.relay.connection.server_id)

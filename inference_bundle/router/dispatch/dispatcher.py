@@ -20,7 +20,12 @@ from typing import Any
 
 from node_runtime.entrypoints import serve
 
-from inference_bundle.router.dataplane.connections import AnswerTooLarge, NodeConnection, NodeGone
+from inference_bundle.router.dataplane.connections import (
+    AnswerTooLarge,
+    NodeConnection,
+    NodeGone,
+    server_label,
+)
 from inference_bundle.router.dataplane.plane import DataPlane
 from inference_bundle.router.dispatch.answers import Answer, Streamed
 from inference_bundle.router.dispatch.errors import (
@@ -29,6 +34,7 @@ from inference_bundle.router.dispatch.errors import (
     request_timeout_s,
     server_gone,
     still_starting,
+    task_failed,
     too_slow,
 )
 from inference_bundle.router.dispatch.job_lookup import (
@@ -44,13 +50,12 @@ from inference_bundle.router.dispatch.runtime_requests import (
 )
 from inference_bundle.router.dispatch.scheduler_listing import JobListing
 from inference_bundle.router.errors import APIError
-from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.fleet.estimates import Eta
 from inference_bundle.router.fleet.maintenance import Maintenance
 from inference_bundle.router.fleet.replicas import Replicas
 from inference_bundle.router.fleet.states import ModelStatus, StateTracker
-from inference_bundle.router.node_envelope import Envelope, EnvelopeError
+from inference_bundle.router.node_envelope import Envelope
 from inference_bundle.router.routes import Route
 
 # Told while a request waits: the model's status, seconds waited, and the estimate
@@ -206,7 +211,14 @@ class Dispatcher(JobLookup):
         waited = time.monotonic() - began
         # The body stays bytes: most answers go out as the server wrote them (decoded()).
         return Answer(
-            streamed.status, None, 0.0, waited, cold_start=False, via="connection", raw=raw
+            streamed.status,
+            None,
+            0.0,
+            waited,
+            cold_start=False,
+            via="connection",
+            raw=raw,
+            server=streamed.server,
         )
 
     async def _open_stream(
@@ -270,6 +282,7 @@ class Dispatcher(JobLookup):
             start_wait_s=envelope.timings.start_wait_s,
             waited_s=time.monotonic() - began,
             cold_start=cold,
+            server=None if envelope.node is None else server_label(envelope.node.server_id),
         )
 
     async def _task(
@@ -282,7 +295,7 @@ class Dispatcher(JobLookup):
         index = self.replicas.of(key).for_request(time.time())
         executor = await self._executor(route, index)
         cold = self.tracker.begin(key)
-        future = executor.submit(serve, self.runtime_version, route.spec.to_dict(), request)
+        future = executor.submit(serve, self.runtime_version, route.task_spec(index), request)
         future.add_done_callback(lambda done: self._finished(route, done))
         waiting = asyncio.wrap_future(future)
         while True:
@@ -304,28 +317,8 @@ class Dispatcher(JobLookup):
                 await on_wait(status, waited, eta)
         try:
             envelope = self._parsed(route, index, waiting)
-        except EnvelopeError as err:
-            raise APIError(
-                502,
-                f"The endpoint for '{route.model}' answered in a shape this router cannot "
-                f"read ({err}); deploy matching versions of the router and node runtime.",
-                type="server_error",
-                code="function_failed",
-            ) from None
-        except FunctionFailed as err:
-            raise APIError(
-                502,
-                f"The endpoint for '{route.model}' failed to run the request: {err}",
-                type="server_error",
-                code="function_failed",
-            ) from None
         except Exception as err:
-            raise APIError(
-                502,
-                f"The request for '{route.model}' was lost on its way: {err}",
-                type="server_error",
-                code="executor_failed",
-            ) from None
+            raise task_failed(route, err) from None
         self.tasks.placed(route, index, envelope)
         return envelope, cold
 

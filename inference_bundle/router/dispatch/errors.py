@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from inference_bundle.router.dataplane.connections import NodeGone
 from inference_bundle.router.errors import APIError
+from inference_bundle.router.executors.base import FunctionFailed
 from inference_bundle.router.fleet.estimates import Eta, retry_after_s
 from inference_bundle.router.fleet.states import ModelState, ModelStatus
+from inference_bundle.router.node_envelope import EnvelopeError
 from inference_bundle.router.routes import Route
 
 # What a user is told to wait before trying again, by the state the model was left in, when
@@ -87,4 +89,29 @@ def still_starting(route: Route, status: ModelStatus, waited: float, eta: Eta) -
             "retry_after_s": retry,
             **eta.fields(),
         },
+    )
+
+
+def task_failed(route: Route, err: Exception) -> APIError:
+    """The 502 of a task that brought no envelope this router can read."""
+    if isinstance(err, EnvelopeError):
+        return APIError(
+            502,
+            f"The endpoint for '{route.model}' answered in a shape this router cannot "
+            f"read ({err}); deploy matching versions of the router and node runtime.",
+            type="server_error",
+            code="function_failed",
+        )
+    if isinstance(err, FunctionFailed):
+        return APIError(
+            502,
+            f"The endpoint for '{route.model}' failed to run the request: {err}",
+            type="server_error",
+            code="function_failed",
+        )
+    return APIError(
+        502,
+        f"The request for '{route.model}' was lost on its way: {err}",
+        type="server_error",
+        code="executor_failed",
     )

@@ -42,9 +42,16 @@ class ReplicaControl:
         self.clock = clock
         self.on_change = on_change or (lambda model, change, reason: None)
         plane = dispatcher.plane
+
+        def demand(route: Route) -> int:
+            """This router's requests on the model (in flight or waiting for a start), and
+            what its servers say they run or queue for other routers."""
+            own = dispatcher.tracker.status(route.endpoint_name).in_flight
+            return own + (0 if plane is None else plane.hub.beyond_own(route.endpoint_name))
+
         self.autoscaler = Autoscaler(
             settings,
-            demand=lambda route: dispatcher.tracker.status(route.endpoint_name).in_flight,
+            demand=demand,
             connected=(lambda name: {}) if plane is None else plane.hub.in_flight,
         )
         self._loop: asyncio.Task[None] | None = None
@@ -111,7 +118,16 @@ class ReplicaControl:
         try:
             await self.dispatcher.tasks.start(route, index)
         except Exception as err:
-            log.warning("%s: replica %d did not start: %s", route.model, index, err)
+            wait = self.autoscaler.start_failed(route, self.clock())
+            log.warning(
+                "%s: replica %d did not start (%s); the next start in %.0f s",
+                route.model,
+                index,
+                err,
+                wait,
+            )
             self.dispatcher.replicas.of(route.endpoint_name).remove(index)
             self.on_change(route.model, "failed", type(err).__name__)
             await asyncio.to_thread(self.dispatcher.pool.drop, route, index)
+        else:
+            self.autoscaler.started(route)

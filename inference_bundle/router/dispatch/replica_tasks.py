@@ -122,7 +122,7 @@ class ReplicaTasks:
     async def _submit(self, route: Route, index: int, request: dict[str, Any]) -> Envelope:
         executor = await asyncio.to_thread(self.pool.get, route, index)
         raw = await asyncio.wrap_future(
-            executor.submit(serve, self.runtime_version, route.spec.to_dict(), request)
+            executor.submit(serve, self.runtime_version, route.task_spec(index), request)
         )
         return Envelope.parse(raw)
 

@@ -41,12 +41,19 @@ class Action:
     index: int | None = None
 
 
+# After a start that failed, the next waits this long, doubled with each failure in a row.
+RETRY_FIRST_S = 30.0
+RETRY_MOST_S = 900.0
+
+
 @dataclass
 class _Pace:
     """An endpoint's running windows."""
 
     over_since: float | None = None  # demand above the capacity since
     fits_since: float | None = None  # demand within one fewer replica since
+    failures: int = 0  # starts that failed in a row
+    retry_at: float = 0.0  # no new start before this
 
 
 @dataclass
@@ -84,7 +91,7 @@ class Autoscaler:
         else:
             pace.over_since = None
         scalable = route.max_replicas > 1 or route.min_replicas > 0
-        if not scalable:
+        if not scalable or now < pace.retry_at:
             return actions
         if active < route.min_replicas:
             actions.append(Action("start", "min"))
@@ -97,6 +104,21 @@ class Autoscaler:
             pace.over_since = None
         actions += self._scale_in(route, pace, serving, coming, live, demand, now)
         return actions
+
+    def start_failed(self, route: Route, now: float) -> float:
+        """A replica of the route's model did not start: the next start waits (30 s, then
+        doubling up to 15 min), so that a broken environment does not fill the scheduler's
+        queue with jobs. Returns the wait."""
+        pace = self._paces.setdefault(route.endpoint_name, _Pace())
+        wait = min(RETRY_MOST_S, RETRY_FIRST_S * 2.0**pace.failures)
+        pace.failures += 1
+        pace.retry_at = now + wait
+        return wait
+
+    def started(self, route: Route) -> None:
+        """A replica of the route's model started: the next failure waits the first wait."""
+        pace = self._paces.setdefault(route.endpoint_name, _Pace())
+        pace.failures, pace.retry_at = 0, 0.0
 
     def _losses(self, replicas: ReplicaSet, live: Mapping[str, int], now: float) -> list[Action]:
         """Ready replicas whose server has not been connected for lost_after_s."""

@@ -17,10 +17,21 @@ import httpx
 import pytest
 from node_runtime import wire
 from node_runtime.dialout.node_key import digest
+from node_runtime.dialout.server_load import parse_load
 from websockets.asyncio.client import ClientConnection, connect
 
+from inference_bundle.router.dataplane.connections import server_label
 from inference_bundle.router.node_envelope import NodeReport
-from tests.router.dataplane_fakes import CHAT, ENDPOINT, TINY, Served, chat, connected
+from tests.router.dataplane_fakes import (
+    CHAT,
+    ENDPOINT,
+    TINY,
+    PacedModel,
+    Served,
+    chat,
+    connected,
+)
+from tests.waiting import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 MB = 1024 * 1024
@@ -198,3 +209,59 @@ async def test_a_silent_line_is_let_go_and_a_heard_one_kept(
     assert served.plane.hub._by_endpoint[ENDPOINT] == [agent_line]  # heard: kept 5 s and more
     await silent.close()
     assert (await served.client.post(CHAT, json={**chat(), "model": TINY})).status_code == 200
+
+
+class MetricsModel(PacedModel):
+    """A paced model whose /metrics says what vLLM's would of its own queue."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/metrics":
+            return await super().__call__(scope, receive, send)
+        text = (
+            "# TYPE vllm:num_requests_running gauge\n"
+            'vllm:num_requests_running{engine="0",model_name="m"} 5.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n'
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+
+async def test_each_heartbeat_brings_the_servers_own_load(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "HEARTBEAT_S", 0.2)
+    await served.start_node("s-1", model=MetricsModel())
+    await served.start_node("s-2")  # no metrics (as Infinity): it reports nothing
+    await connected(served.plane, 2)
+    hub = served.plane.hub
+    await until(lambda: hub.beyond_own(ENDPOINT) == 12, lambda: str(served.plane.servers(ENDPOINT)))
+    shown = {s["server"]: s for s in served.plane.servers(ENDPOINT)}
+    assert (
+        shown[server_label("s-1")]["server_running"],
+        shown[server_label("s-1")]["server_waiting"],
+    ) == (5, 7)
+    assert shown[server_label("s-2")]["server_running"] is None
+
+
+def test_a_load_record_carries_two_counts() -> None:
+    assert wire.parse_load(wire.unpack(wire.load_record(3, 4))[2]) == (3, 4)
+    for bad in (
+        b"{}",
+        b"[1, 2]",
+        b'{"running": -1, "waiting": 0}',
+        b'{"running": 1.5, "waiting": 0}',
+    ):
+        with pytest.raises(wire.WireError):
+            wire.parse_load(bad)
+
+
+def test_the_load_is_read_from_vllms_metrics() -> None:
+    text = (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        'vllm:num_requests_running{engine="0",model_name="a"} 2.0\n'
+        'vllm:num_requests_running{engine="1",model_name="a"} 1.0\n'
+        'vllm:num_requests_waiting{engine="0",model_name="a"} 4.0\n'
+        "vllm:num_requests_waiting_by_reason_total 9.0\n"
+    )
+    assert parse_load(text) == (3, 4)
+    assert parse_load("infinity_requests_total 3\n") is None

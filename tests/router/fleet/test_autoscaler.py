@@ -12,7 +12,7 @@ from inference_bundle.config.catalog import load_catalog
 from inference_bundle.config.endpoint_schema import Replicas
 from inference_bundle.config.replica_settings import ReplicaSettings
 from inference_bundle.router.fleet.autoscaler import Action, Autoscaler
-from inference_bundle.router.fleet.replicas import Phase, ReplicaSet
+from inference_bundle.router.fleet.replicas import Phase, Replica, ReplicaSet
 from inference_bundle.router.routes import Route, RouteTable
 
 pytestmark = pytest.mark.timeout(30)
@@ -58,6 +58,15 @@ class Model:
         assert self.replicas.placed(replica.index, host, f"s-{host}", 0.0, now) is None
         self.live[f"s-{host}"] = in_flight
         return replica.index
+
+
+def succeeded(model: Model, old: int, now: float) -> tuple[Replica, Replica]:
+    """A successor asked for replica ``old`` at ``now``, as the control does."""
+    successor = model.replicas.claim("walltime", now)
+    retiring = model.replicas.get(old)
+    assert successor is not None and retiring is not None
+    retiring.successor = successor.index
+    return retiring, successor
 
 
 def kinds(actions: list[Action]) -> list[tuple[str, str, Any]]:
@@ -162,11 +171,7 @@ def test_a_replica_near_its_walltime_gets_a_successor_then_drains_once_it_is_rea
     assert model.decide(3000) == []
     # 3600 - 60 (margin) - 0 (its own start): the successor is asked for.
     assert kinds(model.decide(3540)) == [("start", "walltime", old)]
-    successor = model.replicas.claim("walltime", 3540)
-    assert successor is not None
-    retiring = model.replicas.get(old)
-    assert retiring is not None
-    retiring.successor = successor.index
+    retiring, successor = succeeded(model, old, 3540)
     assert model.decide(3545) == []  # the old one serves while the new one starts
     model.replicas.placed(successor.index, "node-b", "s-node-b", 0.0, 3550)
     model.live["s-node-b"] = 0
@@ -176,11 +181,7 @@ def test_a_replica_near_its_walltime_gets_a_successor_then_drains_once_it_is_rea
 def test_a_successor_late_to_start_still_lets_the_old_one_drain_before_the_end() -> None:
     model = Model(route(high=1, walltime_s=3600))
     old = model.ready("request", 0, "node-a")
-    successor = model.replicas.claim("walltime", 3540)
-    assert successor is not None
-    retiring = model.replicas.get(old)
-    assert retiring is not None
-    retiring.successor = successor.index
+    retiring, successor = succeeded(model, old, 3540)
     assert model.decide(3560) == []
     assert kinds(model.decide(3570)) == [("drain", "walltime", old)]  # 30 s before its end
 
@@ -220,3 +221,47 @@ def test_a_request_waits_for_a_replica_on_its_way_rather_than_ask_for_another() 
     replicas.abandon(0)  # its task failed: no server came of it
     assert replicas.all() == []
     assert replicas.for_request(2) == 0
+
+
+def test_a_successor_on_its_predecessors_server_takes_it_over() -> None:
+    # A scheduler that puts the new job on the same node: the server lives on under it.
+    model = Model(route(high=1, walltime_s=3600))
+    old = model.ready("request", 0, "node-a")
+    retiring, successor = succeeded(model, old, 3540)
+    assert model.replicas.placed(successor.index, "node-a", "s-node-a", 0.0, 3550) is None
+    assert retiring.phase == Phase.DRAINING and retiring.server_id is None
+    # The old one stops at once (nothing of its own in flight); the new one serves.
+    assert kinds(model.decide(3551)) == [("stop", "walltime", old)]
+    taken = model.replicas.get(successor.index)
+    assert taken is not None and taken.phase == Phase.READY and taken.server_id == "s-node-a"
+
+
+def test_a_failed_start_waits_longer_each_time() -> None:
+    model = Model(route(low=1))
+    assert kinds(model.decide(0)) == [("start", "min", None)]
+    assert model.scaler.start_failed(model.route, 10) == 30
+    assert model.decide(20) == [] and model.decide(39) == []
+    assert kinds(model.decide(40)) == [("start", "min", None)]
+    assert model.scaler.start_failed(model.route, 50) == 60  # doubled
+    assert model.decide(100) == []
+    assert kinds(model.decide(110)) == [("start", "min", None)]
+    for now in range(200, 2000, 100):
+        model.scaler.start_failed(model.route, now)
+    assert model.scaler.start_failed(model.route, 5000) == 900  # at most 15 min
+    model.scaler.started(model.route)
+    assert kinds(model.decide(5001)) == [("start", "min", None)]
+    assert model.scaler.start_failed(model.route, 5002) == 30  # afresh
+
+
+def test_a_successor_may_share_its_predecessors_node_with_a_server_of_its_own() -> None:
+    model = Model(route(high=2, walltime_s=3600))
+    old = model.ready("request", 0, "node-a")
+    retiring, successor = succeeded(model, old, 3540)
+    assert model.replicas.placed(successor.index, "node-a", "s-2", 0.0, 3550) is None
+    model.live["s-2"] = 0
+    assert kinds(model.decide(3551)) == [("drain", "walltime", old)]
+    # Any other replica on a node another holds is a duplicate.
+    other = model.replicas.claim("demand", 3552)
+    assert other is not None
+    holder = model.replicas.placed(other.index, "node-a", "s-3", 0.0, 3553)
+    assert holder is not None
