@@ -21,6 +21,7 @@ from inference_bundle.router.auth import Caller, may_use
 from inference_bundle.router.dataplane.connections import server_label
 from inference_bundle.router.dispatch.job_lookup import job_of
 from inference_bundle.router.fleet.estimates import estimate
+from inference_bundle.router.fleet.replicas import Phase
 from inference_bundle.router.fleet.states import ModelState
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
@@ -143,7 +144,7 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
-                "replicas": _replicas(service, route),
+                "replicas": _replicas(service, route, listing.get("jobs")),
                 **eta.fields(),
             }
         )
@@ -166,7 +167,7 @@ def _group_jobs(
                 "requests_in_flight": status.in_flight,
                 "last_used": _iso(status.last_used),
                 "connected_servers": _servers(service, route),
-                "replicas": _replicas(service, route),
+                "replicas": _replicas(service, route, listing.get("jobs")),
                 **estimate(status, None, time.time()).fields(),
             }
         )
@@ -189,7 +190,7 @@ def _model_entry(
         entry["disabled_reason"] = ep.disabled_reason
     else:
         entry["connected_servers"] = _servers(service, route)
-        entry["replicas"] = _replicas(service, route)
+        entry["replicas"] = _replicas(service, route, jobs)
         job = job_of(jobs, route.endpoint_name)
         entry["job"] = None if job is None else _job_summary(job)
         entry.update(estimate(status, job, time.time()).fields())
@@ -214,19 +215,41 @@ def _servers(service: RouterService, route: Route) -> list[dict[str, Any]]:
     return [] if plane is None else plane.servers(route.endpoint_name)
 
 
-def _replicas(service: RouterService, route: Route) -> list[dict[str, Any]]:
+def _replicas(
+    service: RouterService, route: Route, jobs: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
     """The model's replicas as this router knows them (router.fleet.replicas): each one's
-    node, phase, requests in flight, walltime left and whether it drains."""
+    node, phase, requests in flight, walltime left and whether it drains. A replica on its
+    way has an estimate of when it serves: its job's planned start where the scheduler gives
+    one (the endpoint's queued jobs, earliest plan to the oldest ask), else its ask, plus
+    the model's last start."""
     plane = service.dispatcher.plane
     in_flight = {} if plane is None else plane.hub.in_flight(route.endpoint_name)
+    replicas = service.dispatcher.replicas.of(route.endpoint_name).all()
+    last_start = service.tracker.status(route.endpoint_name).last_start_s
+    planned = sorted(
+        job["estimated_start"]
+        for job in jobs or []
+        if job.get("endpoint") == route.endpoint_name
+        and job.get("scheduler_state") != "running"
+        and isinstance(job.get("estimated_start"), int | float)
+    )
+    starting = sorted((r for r in replicas if r.phase == Phase.STARTING), key=lambda r: r.asked_at)
+    plans = {r.index: start for r, start in zip(starting, planned, strict=False)}
     now = time.time()
     shown = []
-    for replica in service.dispatcher.replicas.of(route.endpoint_name).all():
+    for replica in replicas:
         described = replica.describe(now, route.walltime_s)
         described["in_flight"] = in_flight.get(replica.server_id or "", 0)
         described["server"] = server_label(replica.server_id) if replica.server_id else None
         described["asked_at"] = _iso(replica.asked_at)
         described["ready_at"] = _iso(replica.ready_at)
+        if replica.phase == Phase.STARTING:
+            start = plans.get(replica.index)
+            described["estimated_start"] = _iso(start)
+            begins = replica.asked_at if start is None else start
+            ready = None if last_start is None else max(begins + last_start, now)
+            described["estimated_ready_at"] = _iso(ready)
         shown.append(described)
     return shown
 

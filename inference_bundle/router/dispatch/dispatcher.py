@@ -37,9 +37,7 @@ from inference_bundle.router.dispatch.errors import (
     task_failed,
     too_slow,
 )
-from inference_bundle.router.dispatch.job_lookup import (
-    JobLookup,
-)
+from inference_bundle.router.dispatch.job_lookup import JobLookup
 from inference_bundle.router.dispatch.replica_tasks import ReplicaTasks
 from inference_bundle.router.dispatch.runtime_requests import (
     ENSURE,

@@ -221,6 +221,16 @@ def test_a_user_sees_a_cold_model_turn_ready_without_a_reload(
     assert browser.execute_script("return window.sameLoad === true;"), "the page was reloaded"
     request.join(WAIT_S)
     assert [a.status_code for a in answers] == [200]
+    # A replica the router placed on a node is shown with its node, state and load.
+    replicas = router.harness.service.dispatcher.replicas.of(router.endpoint_of(TINY))
+    placed = replicas.claim("demand", time.time())
+    assert placed is not None
+    replicas.placed(placed.index, "node-8", "server-8", 0.0, time.time())
+    wait_for(
+        browser,
+        f"{TINY}'s replica",
+        lambda d: cell(d, TINY, ".replicas") == "node-8: ready, 0 in flight",
+    )
     wait_for(browser, "the request counted", lambda d: cell(d, TINY, ".requests") == "1")
     assert cell(browser, TINY, ".tokens") == "5"
     assert "ready" in cell(browser, TINY, ".eta")
