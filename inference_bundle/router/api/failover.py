@@ -146,7 +146,7 @@ class Placed:
         while True:
             try:
                 answer = await self.service.dispatcher.send(
-                    self.route, self.request_for(request), None
+                    self.route, self.request_for(request), None, ctx.session
                 )
             except APIError as err:
                 if self._moved(err, ctx):
@@ -163,7 +163,9 @@ class Placed:
         dispatcher = self.service.dispatcher
         while dispatcher.plane is not None and dispatcher.plane.pick(self.route) is not None:
             try:
-                return await dispatcher.stream(self.route, self.request_for(request), None)
+                return await dispatcher.stream(
+                    self.route, self.request_for(request), None, ctx.session
+                )
             except APIError as err:
                 if not self._moved(err, ctx):
                     raise

@@ -25,7 +25,7 @@ from inference_bundle.router.api.media_checks import media_urls
 from inference_bundle.router.api.multipart_form import Form
 from inference_bundle.router.api.prefix_cache import cache_salt
 from inference_bundle.router.api.records import CLIENT_CLOSED, answer_body, record
-from inference_bundle.router.api.request_context import RequestContext
+from inference_bundle.router.api.request_context import RequestContext, session_of
 from inference_bundle.router.auth import allowed_routes, check_access
 from inference_bundle.router.auth.callers import Caller
 from inference_bundle.router.dispatch.answers import Answer
@@ -73,6 +73,7 @@ async def _serve(service: RouterService, request: Request, op: Operation) -> Res
         include_usage=bool((parsed.stream_options or {}).get("include_usage")),
         request_id=request_id,
         headers={"X-Request-Id": request_id, failover.CLUSTER_HEADER: route.cluster},
+        session=session_of(request.headers, caller.user, body),
     )
     await _admit(service, ctx, body)
     runtime_request = _runtime_request(service, ctx, body, form)

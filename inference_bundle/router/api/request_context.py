@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     began: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)  # on every answer
+    # The conversation its requests belong to (X-Session-ID, else the body's "user"), kept
+    # on one replica; None: any replica.
+    session: str | None = None
 
     @property
     def path(self) -> str:
@@ -54,3 +58,16 @@ class RequestContext:
         if self.logged_body is not None:
             fields["body"] = self.logged_body
         return fields
+
+
+# A conversation's requests carry this header (or the body's OpenAI "user" field) to stay on
+# one replica (router.dataplane.connection_hub).
+SESSION_HEADER = "X-Session-ID"
+
+
+def session_of(headers: Mapping[str, str], user: str, body: dict[str, Any]) -> str | None:
+    """The request's session key: the caller's own (two users' ids never meet), or None."""
+    given = headers.get(SESSION_HEADER) or body.get("user")
+    if not isinstance(given, str) or not given:
+        return None
+    return f"{user}\0{given}"

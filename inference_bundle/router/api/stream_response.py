@@ -66,7 +66,9 @@ async def waiting_stream(
         note = f"{route.model} is {status.state}, waited {waited:.0f} s"
         await notes.put(sse_chunks.comment(f"{note}; {told}" if told else note))
 
-    task = asyncio.create_task(service.dispatcher.stream(route, runtime_request, on_wait))
+    task = asyncio.create_task(
+        service.dispatcher.stream(route, runtime_request, on_wait, ctx.session)
+    )
     waited = False
     try:
         while not task.done() or not notes.empty():

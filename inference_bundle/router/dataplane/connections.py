@@ -2,8 +2,9 @@
 
 A ``NodeConnection`` is one server's WebSocket. ``open`` sends a request down it and returns
 a ``Relay``, which yields the answer's start and then its body chunks as the node sends them.
-The connection's reader (``endpoint.py``) hands every record to its relay. When the
-connection closes, every relay still open ends with ``NodeGone``.
+The connection's reader (``connect_route.py``) hands every record to its relay; which
+connection a request goes down is ``connection_hub``'s choice. When the connection closes,
+every relay still open ends with ``NodeGone``.
 
 A relay buffers at most its window of answer bytes: the node sends no more until the relay's
 reader has taken them and granted them back (``node_runtime.wire``), so a client that stops
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -252,83 +252,3 @@ class NodeConnection:
 def server_label(server_id: str) -> str:
     """How users see a server: a short digest of its id, which tells servers apart."""
     return hashlib.sha256(server_id.encode()).hexdigest()[:10]
-
-
-class ConnectionHub:
-    """The live connections of every endpoint; picks the least busy one."""
-
-    def __init__(self) -> None:
-        self._by_endpoint: dict[str, list[NodeConnection]] = {}
-        self._arrivals: dict[str, asyncio.Event] = {}
-
-    def add(self, connection: NodeConnection) -> None:
-        self._by_endpoint.setdefault(connection.endpoint, []).append(connection)
-        arrival = self._arrivals.pop(connection.endpoint, None)
-        if arrival is not None:
-            arrival.set()
-
-    def remove(self, connection: NodeConnection) -> None:
-        live = self._by_endpoint.get(connection.endpoint, [])
-        if connection in live:
-            live.remove(connection)
-        connection.close()
-
-    def holding(self, credential: bytes) -> NodeConnection | None:
-        """The live connection admitted with ``credential`` (a digest), if any."""
-        for live in self._by_endpoint.values():
-            for connection in live:
-                if connection.credential == credential:
-                    return connection
-        return None
-
-    def pick(self, endpoint: str, avoid: frozenset[str] = frozenset()) -> NodeConnection | None:
-        """A live connection of ``endpoint``, not of a server in ``avoid`` (draining): of two
-        drawn at random, the one with fewer requests in flight (the power of two choices:
-        close to the least busy, without every router and request crowding the same one)."""
-        live = self._by_endpoint.get(endpoint)
-        if not live:
-            return None
-        if len(live) == 1:
-            only = live[0]
-            return None if only.closed or only.server_id in avoid else only
-        usable = [c for c in live if not c.closed and c.server_id not in avoid]
-        if len(usable) <= 2:
-            return min(usable, key=lambda c: c.in_flight, default=None)
-        first, second = random.sample(usable, 2)
-        return first if first.in_flight <= second.in_flight else second
-
-    def beyond_own(self, endpoint: str) -> int:
-        """What the endpoint's servers run or queue for other routers (their load reports)."""
-        return sum(c.beyond_own for c in self._by_endpoint.get(endpoint, []) if not c.closed)
-
-    def in_flight(self, endpoint: str) -> dict[str, int]:
-        """The live connections of ``endpoint``: server id → requests in flight on it."""
-        counts: dict[str, int] = {}
-        for connection in self._by_endpoint.get(endpoint, []):
-            if not connection.closed:
-                counts[connection.server_id] = (
-                    counts.get(connection.server_id, 0) + connection.in_flight
-                )
-        return counts
-
-    async def wait_for(self, endpoint: str, timeout_s: float) -> NodeConnection | None:
-        """A connection of ``endpoint``, waiting up to ``timeout_s`` for one to dial in."""
-        deadline = time.monotonic() + timeout_s
-        while (picked := self.pick(endpoint)) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            arrival = self._arrivals.setdefault(endpoint, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrival.wait(), left)
-        return picked
-
-    def servers(self, endpoint: str) -> list[dict[str, Any]]:
-        """The connected servers of ``endpoint``, described."""
-        return [c.describe() for c in self._by_endpoint.get(endpoint, [])]
-
-    def close_all(self) -> None:
-        for live in self._by_endpoint.values():
-            for connection in live:
-                connection.close()
-        self._by_endpoint.clear()

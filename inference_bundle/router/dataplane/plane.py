@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from inference_bundle.config.settings import DataPlaneSettings
-from inference_bundle.router.dataplane.connections import ConnectionHub, NodeConnection
+from inference_bundle.router.dataplane.connection_hub import ConnectionHub
+from inference_bundle.router.dataplane.connections import NodeConnection
 from inference_bundle.router.dataplane.node_credentials import Credentials
 from inference_bundle.router.dataplane.node_keys import NodeKeys
 from inference_bundle.router.node_envelope import Envelope
@@ -39,10 +40,12 @@ class DataPlane:
         """A task's envelope names its server and that server's key: dials that prove it."""
         self.keys.vouch(route.endpoint_name, envelope.node)
 
-    def pick(self, route: Route, avoid: frozenset[str] = frozenset()) -> NodeConnection | None:
-        """A live connection of the route's endpoint, the less busy of two, not of a server
-        in ``avoid`` (draining)."""
-        return self.hub.pick(route.endpoint_name, avoid)
+    def pick(
+        self, route: Route, avoid: frozenset[str] = frozenset(), session: str | None = None
+    ) -> NodeConnection | None:
+        """A live connection of the route's endpoint, not of a server in ``avoid``
+        (draining): the session's own server, or the less busy of two."""
+        return self.hub.pick(route.endpoint_name, avoid, session)
 
     async def wait_for(self, route: Route) -> NodeConnection | None:
         """A connection of the route's endpoint, waiting up to connect_wait_s for one."""

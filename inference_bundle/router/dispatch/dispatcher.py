@@ -114,14 +114,20 @@ class Dispatcher(JobLookup):
         """Another pool (tests' own executors): the replicas' tasks go to it too."""
         self._pool = self.tasks.pool = pool
 
-    async def send(self, route: Route, request: dict[str, Any], on_wait: OnWait | None) -> Answer:
-        """A whole answer."""
+    async def send(
+        self,
+        route: Route,
+        request: dict[str, Any],
+        on_wait: OnWait | None,
+        session: str | None = None,
+    ) -> Answer:
+        """A whole answer (a session's on the session's replica, while it can take it)."""
         began = time.monotonic()
         # A form rides only a connection: a cold model is started first.
         if is_form(request) and self.pick(route) is None:
             await self._connect(route, on_wait, began)
         for _ in range(_CONNECTION_TRIES):
-            if (connection := self.pick(route)) is None:
+            if (connection := self.pick(route, session)) is None:
                 break
             answer = await self._over(connection, route, request, began)
             if answer is not None:
@@ -129,12 +135,16 @@ class Dispatcher(JobLookup):
         return await self._through_task(route, whole(request), on_wait, began)
 
     async def stream(
-        self, route: Route, request: dict[str, Any], on_wait: OnWait | None
+        self,
+        route: Route,
+        request: dict[str, Any],
+        on_wait: OnWait | None,
+        session: str | None = None,
     ) -> Streamed | Answer:
         """A streamed answer down a connection; failing that, a whole one through a task."""
         began = time.monotonic()
         if self.plane is not None:
-            connection = self.pick(route)
+            connection = self.pick(route, session)
             cold = False
             start_wait = 0.0
             if connection is None:
@@ -147,15 +157,17 @@ class Dispatcher(JobLookup):
                 if streamed is not None:
                     streamed.start_wait_s = start_wait
                     return streamed
-                connection = self.pick(route)  # that line closed before the answer began
+                connection = self.pick(route, session)  # that line closed before it began
         return await self._through_task(route, whole(request), on_wait, began)
 
-    def pick(self, route: Route) -> NodeConnection | None:
-        """A connection of the route's model to send a request down: the less busy of two
-        of its ready replicas (none that drains); None when none is connected."""
+    def pick(self, route: Route, session: str | None = None) -> NodeConnection | None:
+        """A connection of the route's model to send a request down: of its ready replicas
+        (none that drains), the session's own, or the less busy of two; None when none is
+        connected."""
         if self.plane is None:
             return None
-        return self.plane.pick(route, self.replicas.of(route.endpoint_name).draining())
+        draining = self.replicas.of(route.endpoint_name).draining()
+        return self.plane.pick(route, draining, session)
 
     async def _connect(
         self, route: Route, on_wait: OnWait | None, began: float
