@@ -200,7 +200,9 @@ async def test_a_stream_that_fails_ends_with_its_error_and_passes_its_cluster_ov
 class OneConnected:
     """A data plane where only local-slurm's server is connected."""
 
-    def pick(self, route: Route, avoid: frozenset[str] = frozenset()) -> object | None:
+    def pick(
+        self, route: Route, avoid: frozenset[str] = frozenset(), session: str | None = None
+    ) -> object | None:
         return object() if route.cluster == "local-slurm" else None
 
     def dial(self, route: Route) -> dict[str, Any]:
@@ -226,7 +228,9 @@ async def test_a_connected_stream_that_breaks_on_opening_moves(
     real = dispatcher.stream
     opened: list[str] = []
 
-    async def stream(route: Route, request: dict[str, Any], on_wait: Any) -> Any:
+    async def stream(
+        route: Route, request: dict[str, Any], on_wait: Any, session: str | None = None
+    ) -> Any:
         opened.append(route.cluster)
         if route.cluster == "local-slurm":
             raise APIError(502, "it stopped answering", type="server_error", code="server_gone")

@@ -25,7 +25,7 @@ async def test_a_load_step_brings_replicas_and_its_end_lets_them_go(tmp_path: Pa
     async with scaled(tmp_path, {"min": 0, "max": 3}) as s:
         # Six users on servers that each run two at once, target 2: three replicas.
         began = time.monotonic()
-        loading = asyncio.create_task(s.load(users=6, seconds=12))
+        loading = asyncio.create_task(s.load(users=6, seconds=9))
         await until(lambda: s.phases() == ["ready"] * 3, lambda: f"3 ready: {s.phases()}", 30)
         grown = time.monotonic() - began
         # The first start (cold, by the first request), then two more: each at most its
@@ -48,7 +48,7 @@ async def test_a_replica_on_its_way_holds_the_demand_it_was_asked_for(tmp_path: 
     # Three users: one replica more covers them. Its start (4 s) spans eight windows.
     async with scaled(tmp_path, {"min": 0, "max": 4}) as s:
         s.nodes.start_s = 4.0
-        await s.load(users=3, seconds=10)
+        await s.load(users=3, seconds=7)
         assert s.failures == []
         assert sorted(s.nodes.engines) == [0, 1], s.nodes.engines
 
@@ -57,7 +57,7 @@ async def test_a_lost_node_fails_only_its_own_requests(tmp_path: Path) -> None:
     async with scaled(tmp_path, {"min": 2, "max": 2}, service_s=0.5) as s:
         await until(lambda: s.phases() == ["ready", "ready"], lambda: f"2: {s.phases()}", 30)
         await until(lambda: len(s.connected()) == 2, "two connections")
-        loading = asyncio.create_task(s.load(users=4, seconds=8, stream_every=2))
+        loading = asyncio.create_task(s.load(users=4, seconds=6, stream_every=2))
         await asyncio.sleep(2)
         [victim, _] = s.nodes.live()
         in_flight = victim.server.in_flight
@@ -79,7 +79,7 @@ async def test_walltime_is_a_non_event(tmp_path: Path) -> None:
     # a successor about 1 s (its start) + 1 s (the margin) before, and drains on its ready.
     async with scaled(tmp_path, {"min": 1, "max": 1}, walltime_s=8.0) as s:
         await until(lambda: s.phases() == ["ready"], lambda: f"ready: {s.phases()}", 30)
-        await s.load(users=3, seconds=14)
+        await s.load(users=3, seconds=12)
         assert s.failures == [], s.failures
         ended = [n for n in s.nodes.nodes if n.stopped_at is not None]
         assert ended, "no rotation happened"

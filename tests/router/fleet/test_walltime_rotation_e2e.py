@@ -1,4 +1,4 @@
-"""Walltime is a non-event: a replica on the real local Slurm with a 3-minute walltime, under
+"""Walltime is a non-event: a replica on the real local Slurm with a 2-minute walltime, under
 continuous load, gets a successor before its job's end and is stopped before the scheduler
 would end it; no request fails.
 
@@ -31,7 +31,7 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CLUSTER = "local-slurm"
 CHAT = LOCAL_CHAT.replace("/local/", f"/{CLUSTER}/")
-WALLTIME_S = 180
+WALLTIME_S = 120
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def router(local_slurm: Path, tmp_path: Path) -> Iterator[RunningRouter]:
     root = scratch_root(tmp_path)
     (root / ".state" / "batches").mkdir()
     endpoint = root / "endpoints" / CLUSTER / "tiny-chat.yaml"
-    extra = {"walltime": "00:03:00", "replicas": {"min": 1, "max": 1}}
+    extra = {"walltime": "00:02:00", "replicas": {"min": 1, "max": 1}}
     endpoint.write_text(endpoint.read_text() + yaml.safe_dump(extra))
     settings = {
         "clusters": [CLUSTER],
@@ -126,6 +126,9 @@ def test_a_replica_is_rotated_before_its_walltime_and_no_request_fails(
     assert answered[0] > 20
     # The first job ended before its walltime (it had run a while before `began`).
     assert ran_s < WALLTIME_S - 10, ran_s
-    [now] = replicas(router)
-    assert now["asked_for"] == "walltime" and now["state"] == "ready", now
-    assert len(our_jobs()) == 1
+    # The model is served by the successor (which may by now have one of its own: each
+    # job runs about a minute before its successor is asked for).
+    now = replicas(router)
+    assert all(r["asked_for"] == "walltime" for r in now), now
+    assert any(r["state"] == "ready" for r in now), now
+    assert 1 <= len(our_jobs()) <= 2
