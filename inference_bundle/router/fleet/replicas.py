@@ -110,27 +110,24 @@ class ReplicaSet:
         holds that node, if another does (this one is then a duplicate to let go).
 
         A walltime successor may share its predecessor's node (a scheduler whose jobs share
-        nodes), with a server of its own there (``ServerSpec.replica``). One that found the
-        predecessor's own server (a runtime before 0.8) takes it over: the predecessor
-        drains with nothing left to serve, so its job goes now.
+        nodes), with a server of its own there (``ServerSpec.replica``): the old one drains
+        once it is ready.
         """
         with self._lock:
             for other in self._replicas.values():
                 if other.index == index or (other.host != host and other.server_id != server_id):
                     continue
-                if other.successor == index:
-                    if other.server_id == server_id:  # an older runtime: one server a model
-                        other.server_id = other.host = None
-                        other.phase, other.drain_reason = Phase.DRAINING, "walltime"
-                    continue  # its own server beside it: the old one drains once it is ready
+                if other.successor == index and other.server_id != server_id:
+                    continue
                 return other
             replica = self._replicas.get(index)
             if replica is None:  # a request's task to a replica let go meanwhile
                 replica = self._replicas[index] = Replica(index, "request", now, last_task=now)
             if replica.server_id != server_id:
                 replica.server_id, replica.host = server_id, host
-                replica.held_since = now - start_s
                 replica.unconnected_since = None
+            if replica.held_since is None:  # its job's start: a server restarted keeps it
+                replica.held_since = now - start_s
             if replica.phase == Phase.STARTING:
                 replica.phase = Phase.READY
                 replica.ready_at = now

@@ -223,17 +223,13 @@ def test_a_request_waits_for_a_replica_on_its_way_rather_than_ask_for_another() 
     assert replicas.for_request(2) == 0
 
 
-def test_a_successor_on_its_predecessors_server_takes_it_over() -> None:
-    # A scheduler that puts the new job on the same node: the server lives on under it.
+def test_a_server_restarted_in_its_job_keeps_the_jobs_walltime() -> None:
     model = Model(route(high=1, walltime_s=3600))
-    old = model.ready("request", 0, "node-a")
-    retiring, successor = succeeded(model, old, 3540)
-    assert model.replicas.placed(successor.index, "node-a", "s-node-a", 0.0, 3550) is None
-    assert retiring.phase == Phase.DRAINING and retiring.server_id is None
-    # The old one stops at once (nothing of its own in flight); the new one serves.
-    assert kinds(model.decide(3551)) == [("stop", "walltime", old)]
-    taken = model.replicas.get(successor.index)
-    assert taken is not None and taken.phase == Phase.READY and taken.server_id == "s-node-a"
+    old = model.ready("request", 0, "node-a")  # its job began at 0
+    # Its server died and the node runtime started another in the same job at 2000.
+    assert model.replicas.placed(old, "node-a", "s-restarted", 30.0, 2030) is None
+    model.live["s-restarted"] = 0
+    assert kinds(model.decide(3540)) == [("start", "walltime", old)]  # the job's end rules
 
 
 def test_a_failed_start_waits_longer_each_time() -> None:
