@@ -38,7 +38,7 @@ def sticky(usable: list[NodeConnection], session: str) -> NodeConnection | None:
 
 
 class ConnectionHub:
-    """The live connections of every endpoint; picks the least busy one."""
+    """The live connections of every endpoint; picks the one each request goes down."""
 
     def __init__(self) -> None:
         self._by_endpoint: dict[str, list[NodeConnection]] = {}
