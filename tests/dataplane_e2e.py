@@ -321,6 +321,7 @@ def dial(
     headers: list[tuple[str, str]],
     while_open: Callable[[], Any] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    open_timeout_s: float = 10,
 ) -> int | None:
     """Dial the router's node route: the refusal's HTTP status, or None if it was accepted
     (then ``while_open()`` runs, in a thread, before hanging up)."""
@@ -334,7 +335,7 @@ def dial(
                 wire.websocket_url(router_url),
                 additional_headers=headers,
                 compression=None,
-                open_timeout=10,
+                open_timeout=open_timeout_s,
                 proxy=None,
                 ssl=ssl_context,
             ):
