@@ -75,16 +75,13 @@ class ReplicaControl:
                 log.exception("replica round failed")
             await asyncio.sleep(self.settings.check_s)
 
-    def tick(self) -> list[tuple[Route, Action]]:
-        """One round over every route: what was decided (and is now under way)."""
-        done = []
+    def tick(self) -> None:
+        """One round over every route: decide, and set what was decided under way."""
         now = self.clock()
         for route in self.routes:
             replicas = self.dispatcher.replicas.of(route.endpoint_name)
             for action in self.autoscaler.decide(route, replicas, now):
                 self._apply(route, action, now)
-                done.append((route, action))
-        return done
 
     def _apply(self, route: Route, action: Action, now: float) -> None:
         replicas = self.dispatcher.replicas.of(route.endpoint_name)

@@ -66,7 +66,6 @@ class ReplicaSet:
 
     def __init__(self, endpoint: str, max_replicas: int) -> None:
         self.endpoint = endpoint
-        self.max_replicas = max_replicas
         self.indexes = 2 * max_replicas  # room for a walltime successor of each
         self._lock = threading.Lock()
         self._replicas: dict[int, Replica] = {}
