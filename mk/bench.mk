@@ -69,3 +69,16 @@ bench-limits: $(BENCH_STAMP) vllm-venv local-models venv postgres-packages
 .PHONY: bench-replicas
 bench-replicas: venv
 	$(BIN)/python bench/replicas.py $(BENCH_ARGS)
+
+# The tracing benchmark (bench/tracing_overhead.py): the same router with tracing OFF and ON,
+# each over a stand-in node on the real data plane; no model server.
+.PHONY: bench-tracing
+bench-tracing: venv
+	$(BIN)/python bench/tracing_overhead.py $(BENCH_ARGS)
+
+# The fair-queue benchmark (bench/fairness.py): a light user beside a heavy one with the queue
+# on and off, and its cost on a model that is not full, on stand-ins of fixed capacity;
+# BENCH_ARGS='--real' adds the run on real vLLM (two routers, queue on and off, one server).
+.PHONY: bench-fairness
+bench-fairness: venv
+	$(BIN)/python bench/fairness.py $(BENCH_ARGS)

@@ -27,6 +27,12 @@ class ServerArgs(BaseModel):
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests one vLLM server runs at once (its own queue holds the rest); "
+        "the router keeps a full model's requests in its fair queue instead",
+    )
     extra: list[str] = Field(default_factory=list, description="further flags, passed as is")
 
 

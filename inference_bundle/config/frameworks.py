@@ -31,6 +31,10 @@ class FrameworkInfo:
     # Requests one server runs at once before its model counts as full (catalog:
     # target_in_flight): more replicas are asked for past it.
     target_in_flight: int = 32
+    # Requests one server takes at once, its own queue aside, unless the catalog says
+    # (server_args.max_num_seqs): on a node without GPUs, and with them. The router's fair
+    # queue holds the rest (router.dispatch.admission).
+    places: tuple[int, int] = (128, 256)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -63,6 +67,8 @@ def vllm_flags(ep: Endpoint, profile: ClusterProfile) -> list[str]:
         flags += ["--reasoning-parser", args.reasoning_parser]
     if args.gpu_memory_utilization:
         flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    if args.max_num_seqs:
+        flags += ["--max-num-seqs", str(args.max_num_seqs)]
     return flags + list(args.extra)
 
 
@@ -92,6 +98,7 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
                 "tool_call_parser",
                 "reasoning_parser",
                 "gpu_memory_utilization",
+                "max_num_seqs",
                 "extra",
             }
         ),
@@ -108,5 +115,6 @@ FRAMEWORKS: dict[Framework, FrameworkInfo] = {
         server_args=frozenset({"max_model_len", "dtype", "trust_remote_code", "extra"}),
         server_flags=infinity_flags,
         target_in_flight=16,
+        places=(32, 32),  # Infinity's own batch size
     ),
 }

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from inference_bundle.config.naming import IDLE_MARGIN_S
 from inference_bundle.config.problems import SettingsError, display_path, problems_from_validation
+from inference_bundle.config.queue_settings import QueueSettings
 from inference_bundle.config.replica_settings import ReplicaSettings
+from inference_bundle.config.tracing_settings import TracingSettings
 from inference_bundle.config.yamlfile import load_mapping
 
 
@@ -315,6 +317,8 @@ class _RouterSettings(_Settings):
     metrics: MetricsSettings = MetricsSettings()
     data_plane: DataPlaneSettings = DataPlaneSettings()
     replicas: ReplicaSettings = ReplicaSettings()
+    tracing: TracingSettings = TracingSettings()
+    queue: QueueSettings = QueueSettings()
 
     def dial_url(self) -> str:
         """Where nodes dial this router."""

@@ -130,9 +130,9 @@ def _read_usage(
     user: str | None,
 ) -> list[dict[str, Any]]:
     """The ledger's daily totals, or a ClickException naming the store that did not answer."""
-    # Here, not at the top: router.service pulls in the executors (a second's import) that
-    # every other `bundle` command would pay for.
-    from inference_bundle.router.service import state_folder
+    # Here, not at the top: the router's store pulls in its database drivers, which every
+    # other `bundle` command would pay for.
+    from inference_bundle.router.store.state_folder import state_folder
 
     url = settings.store.url
     if url is None:

@@ -15,13 +15,13 @@ from inference_bundle.config.settings import load_settings
 from inference_bundle.router.app import create_app
 from inference_bundle.router.auth import AuthConfigError
 from inference_bundle.router.limits.reload import LimitsConfigError
-from inference_bundle.router.service import (
+from inference_bundle.router.service import build_service
+from inference_bundle.router.store import SchemaTooNew, StoreUnavailable
+from inference_bundle.router.store.state_folder import (
     StateFolderInUse,
-    build_service,
     lock_state_folder,
     state_folder,
 )
-from inference_bundle.router.store import SchemaTooNew, StoreUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -63,6 +63,15 @@ class Route:
         return self.entry.endpoint.target_in_flight or self.framework_info.target_in_flight
 
     @property
+    def places(self) -> int:
+        """Requests one server takes at once before its own queue would hold them: its
+        ``max_num_seqs``, else its framework's default (vLLM's: 128 without GPUs, 256 with);
+        past it, requests wait in the router's fair queue (router.dispatch.admission)."""
+        endpoint = self.entry.endpoint
+        cpu, gpu = self.framework_info.places
+        return endpoint.server_args.max_num_seqs or (gpu if endpoint.gpus else cpu)
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Every name a request may use: the served name, then the aliases."""
         return tuple(self.entry.endpoint.names)

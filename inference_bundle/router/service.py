@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import node_runtime
 
@@ -25,7 +23,9 @@ from inference_bundle.router.batches.runner import BatchRunner, batch_endpoint, 
 from inference_bundle.router.batches.service import BatchService
 from inference_bundle.router.batches.store import BatchStore
 from inference_bundle.router.dataplane.plane import DataPlane
+from inference_bundle.router.dispatch.admission import Admission
 from inference_bundle.router.dispatch.dispatcher import Dispatcher
+from inference_bundle.router.dispatch.queue_metrics import QueueMetrics
 from inference_bundle.router.dispatch.replica_control import ReplicaControl
 from inference_bundle.router.dispatch.scheduler_listing import JobListing
 from inference_bundle.router.errors import APIError
@@ -57,11 +57,11 @@ from inference_bundle.router.store import Database, open_database
 from inference_bundle.router.store.private_files import (
     file_access,
     made_secret,
-    open_private,
-    private_folder,
     tighten,
     tighten_folder,
 )
+from inference_bundle.router.store.state_folder import state_folder
+from inference_bundle.router.tracing import Tracing
 
 # The router's secret for the prefix caches' salts, in its state folder (made on first start).
 CACHE_SALT_KEY = "cache_salt.key"
@@ -87,6 +87,7 @@ class RouterService:
     media_hosts: HostCheck = field(default_factory=HostCheck)  # do media URLs' hosts resolve
     replica_metrics: ReplicaMetrics | None = None
     minute_series: MinuteSeries = field(default_factory=MinuteSeries)  # the status page's charts
+    tracing: Tracing = field(default_factory=Tracing)  # off unless settings.tracing says where
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -154,6 +155,7 @@ def build_service(
         plane=plane,
         maintenance=Maintenance({c.cluster: c.profile for c in catalogs}),
         replicas=replicas,
+        queue=settings.queue,
     )
     metrics = Metrics(lambda: [tracker.status(r.endpoint_name).state for r in table.routes()])
     replica_metrics = ReplicaMetrics(
@@ -161,14 +163,17 @@ def build_service(
         lambda: [(r.model, replicas.of(r.endpoint_name)) for r in table.routes()],
     )
     metrics.registry.register(ConnectionsCollector(table, plane))
+    QueueMetrics(metrics.registry).watch(dispatcher.admission)
     authenticator = build_authenticator(settings.auth, root)
     db = open_database(settings, state_dir)
-    limiter = _limiter(settings, table, db, metrics)
+    limiter = _limiter(settings, table, db, metrics, dispatcher.admission)
     batches = _batch_service(
         settings, catalogs, table, batch_pool, authenticator, state_dir, db, limiter
     )
     # Jobs cut by this router's stop are not failures: the next router resumes them.
     closers += [batches.runner.stop, batch_pool.shutdown, batches.shutdown]
+    tracing = Tracing(settings.tracing)
+    closers.append(tracing.shutdown)
     return RouterService(
         settings=settings,
         table=table,
@@ -186,6 +191,7 @@ def build_service(
         config_path=config_path,
         cache_salt_key=_cache_salt_key(state_dir),
         replica_metrics=replica_metrics,
+        tracing=tracing,
     )
 
 
@@ -211,7 +217,11 @@ def _placement(tracker: StateTracker, dispatcher: Dispatcher) -> Placement:
 
 
 def _limiter(
-    settings: RouterSettings, table: RouteTable, db: Database, metrics: Metrics
+    settings: RouterSettings,
+    table: RouteTable,
+    db: Database,
+    metrics: Metrics,
+    admission: Admission,
 ) -> Limiter:
     """Limits and usage records over the store. A reservation outlives the longest a request
     may take (its wait for a start, then its answer) before it lapses on its own."""
@@ -223,6 +233,7 @@ def _limiter(
         metrics.tokens.labels(ticket.model, "prompt").inc(prompt)
         metrics.tokens.labels(ticket.model, "completion").inc(completion)
         by_caller.count(ticket.user, ticket.group, prompt, completion)
+        admission.charge(ticket.request_id, prompt, completion)  # the fair queues' counters
 
     return Limiter(
         Ledger(db),
@@ -251,42 +262,6 @@ def _make_private(
     tighten_folder(state_dir, access)
     if isinstance(settings.auth, KeysAuthSettings) and settings.auth.keys_file:
         tighten(keys_file_path(settings.auth, root))
-
-
-class StateFolderInUse(Exception):
-    """Another router holds the state folder: two would share its records and servers."""
-
-
-def state_folder(settings: RouterSettings, root: Path) -> Path:
-    """The router's state folder; a relative state_dir is taken from ``root``."""
-    state_dir = Path(settings.state_dir)
-    return state_dir if state_dir.is_absolute() else root / state_dir
-
-
-def lock_state_folder(state_dir: Path) -> IO[str]:
-    """Hold ``state_dir/router.lock`` for as long as the returned file stays open.
-
-    A POSIX lock (fcntl.lockf) is the process's own: children that the engines fork do not
-    inherit it, so it ends with the router, however the router ends.
-    """
-    private_folder(state_dir)
-    lock = open_private(state_dir / "router.lock", os.O_RDWR | os.O_CREAT)
-    handle = os.fdopen(lock, "r+")  # held for the process's life
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StateFolderInUse(
-            f"{state_dir}: another router (pid {holder}) is using this state folder; stop "
-            "it first, or give this router a state_dir of its own"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def _batch_service(

@@ -79,10 +79,12 @@ def test_infinity_serves_embeddings_only(repo: Path, edit: Edit) -> None:
     ]
 
 
-def test_vllm_options_on_infinity(repo: Path, edit: Edit) -> None:
-    edit(EMBED, "trust_remote_code: true", "trust_remote_code: true\n  tool_call_parser: hermes")
+@pytest.mark.parametrize("option", ["tool_call_parser: hermes", "max_num_seqs: 16"])
+def test_vllm_options_on_infinity(repo: Path, edit: Edit, option: str) -> None:
+    edit(EMBED, "trust_remote_code: true", f"trust_remote_code: true\n  {option}")
+    name = option.split(":")[0]
     assert problems(repo) == [
-        f"{EMBED}: server_args.tool_call_parser: is a vLLM option; remove it for infinity"
+        f"{EMBED}: server_args.{name}: is a vLLM option; remove it for infinity"
     ]
 
 

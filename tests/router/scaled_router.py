@@ -1,7 +1,7 @@
 """A real router over stand-in nodes of fixed capacity, with its replica control running.
 
-Shared by tests/router/fleet/test_replica_scaling_e2e.py and bench/replicas.py: the tiny
-chat model of the repository's local catalog, scaled (target 2 requests a server), served by
+Shared by the replica and fair-queue tests and benchmarks: the tiny chat model of the
+repository's local catalog, scaled (target 2 requests a server, 2 places each), served by
 ``StandInNodes`` (tests/router/stand_in_nodes.py) through the real dial-out agent.
 """
 
@@ -35,7 +35,8 @@ WINDOW_S = 0.5
 
 
 def scaled_root(tmp_path: Path, replicas: dict[str, int], idle_s: int) -> Path:
-    """The repository's catalog, with the tiny chat model scaled (target 2 a server)."""
+    """The repository's catalog, with the tiny chat model scaled (target 2 a server) and
+    2 places a server (max_num_seqs: the fair queue holds the rest)."""
     root = tmp_path / "root"
     for folder in ("endpoints", "config", "templates"):
         shutil.copytree(ROOT / folder, root / folder)
@@ -44,8 +45,10 @@ def scaled_root(tmp_path: Path, replicas: dict[str, int], idle_s: int) -> Path:
     data["max_replicas"] = 4
     profile.write_text(yaml.safe_dump(data, sort_keys=False))
     endpoint = root / "endpoints" / "local" / "tiny-chat.yaml"
-    extra = {"replicas": replicas, "target_in_flight": 2, "scale_in_idle_s": idle_s}
-    endpoint.write_text(endpoint.read_text() + yaml.safe_dump(extra))
+    data = yaml.safe_load(endpoint.read_text())
+    data.update(replicas=replicas, target_in_flight=2, scale_in_idle_s=idle_s)
+    data["server_args"]["max_num_seqs"] = 2  # each server's places: the stand-in's capacity
+    endpoint.write_text(yaml.safe_dump(data, sort_keys=False))
     return root
 
 
@@ -109,8 +112,11 @@ async def scaled(
     replicas: dict[str, int],
     idle_s: int = 2,
     walltime_s: float | None = None,
+    queue: dict[str, Any] | None = None,
     **stand_in: Any,
 ) -> AsyncIterator[Scaled]:
+    """The router over stand-ins; ``queue`` overrides its queue settings (on by default,
+    each server 2 places: the endpoint's target)."""
     root = scaled_root(tmp_path, replicas, idle_s)
     port = free_port()
     key = create_api_key(tmp_path / "keys.json", "alice@anl.gov")
@@ -127,6 +133,7 @@ async def scaled(
                 "stop_before_walltime_s": 0.5,
                 "lost_after_s": 1.0,
             },
+            queue=queue or {},
         ),
         root,
     )

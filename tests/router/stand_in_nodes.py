@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,14 +26,21 @@ from node_runtime.dialout.node_key import digest
 
 from inference_bundle.router.routes import Route
 
+# What each stand-in answer says its prompt was, in tokens.
+PROMPT_TOKENS = 8
+
 
 @dataclass
 class PacedServer:
     """An ASGI model server of fixed capacity: ``capacity`` requests at once, each
-    ``service_s`` long (a stream: ``events`` events over that time)."""
+    ``service_s`` long (a stream: ``events`` events over that time), first come, first
+    served as vLLM's own queue; each answer counts ``PROMPT_TOKENS`` and a token an event.
+    With ``jitter`` j, each request takes ``service_s`` × a uniform draw in [1 − j, 1 + j]
+    (answers differ in length: the servers' places do not all free at once)."""
 
     capacity: int
     service_s: float
+    jitter: float = 0.0
     events: int = 4
     served: int = 0
     in_flight: int = 0
@@ -62,15 +70,25 @@ class PacedServer:
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
         )
+        usage = {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": self.events,
+            "total_tokens": PROMPT_TOKENS + self.events,
+        }
+        service_s = self.service_s * random.uniform(1 - self.jitter, 1 + self.jitter)
         if not streamed:
-            await asyncio.sleep(self.service_s)
-            answer: dict[str, Any] = {"object": "chat.completion", "choices": []}
+            await asyncio.sleep(service_s)
+            answer: dict[str, Any] = {"object": "chat.completion", "choices": [], "usage": usage}
             await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
             return
         for n in range(self.events):
-            await asyncio.sleep(self.service_s / self.events)
+            await asyncio.sleep(service_s / self.events)
             chunk = {"object": "chat.completion.chunk", "model": body.get("model"), "n": n}
             event = f"data: {json.dumps(chunk)}\n\n".encode()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            last = {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+            event = f"data: {json.dumps(last)}\n\n".encode()
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
@@ -96,6 +114,7 @@ class StandInNodes:
     loop: asyncio.AbstractEventLoop
     capacity: int = 2
     service_s: float = 0.3
+    jitter: float = 0.0
     start_s: float = 1.0
     walltime_s: float | None = None
     nodes: list[StandInNode] = field(default_factory=list)
@@ -118,7 +137,7 @@ class StandInNodes:
         server_id = f"standin-{index}-{serial}"
         folder = self.folder / server_id
         folder.mkdir(parents=True)
-        server = PacedServer(self.capacity, self.service_s)
+        server = PacedServer(self.capacity, self.service_s, self.jitter)
         agent = Agent(server, str(folder), server_id)
         if dial is not None:
             write_dial(folder, dial)

@@ -146,7 +146,7 @@ class Placed:
         while True:
             try:
                 answer = await self.service.dispatcher.send(
-                    self.route, self.request_for(request), None, ctx.session
+                    self.route, self.request_for(request), None, ctx.asker()
                 )
             except APIError as err:
                 if self._moved(err, ctx):
@@ -159,12 +159,17 @@ class Placed:
         self, request: dict[str, Any], ctx: RequestContext
     ) -> Streamed | Answer | None:
         """A connected route's stream (moving on while none has begun); None when the route
-        in use has no connection: its stream must begin at once and wait (``streams``)."""
+        in use has no connection, or no place free on its servers: its stream must begin at
+        once and wait (``stream_response.waiting_stream``)."""
         dispatcher = self.service.dispatcher
-        while dispatcher.plane is not None and dispatcher.plane.pick(self.route) is not None:
+        while (
+            dispatcher.plane is not None
+            and dispatcher.plane.pick(self.route) is not None
+            and not dispatcher.admission.would_wait(self.route.endpoint_name)
+        ):
             try:
                 return await dispatcher.stream(
-                    self.route, self.request_for(request), None, ctx.session
+                    self.route, self.request_for(request), None, ctx.asker()
                 )
             except APIError as err:
                 if not self._moved(err, ctx):

@@ -12,6 +12,7 @@ from inference_bundle.router.dispatch.answers import Answer, Streamed
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.service import RouterService
+from inference_bundle.router.tracing import RequestTrace, Span
 
 # nginx's "client closed request": the client hung up before its answer ended. Neither the
 # router nor a server failed: error counts and the status page's error list leave it out.
@@ -49,6 +50,7 @@ def record(
 ) -> None:
     """Count, log and charge one request: ``usage`` as the backend reported it (read from a
     whole answer when not given), or an estimate when the answer was cut."""
+    recording = None if ctx.trace is None else ctx.trace.start("record")
     latency = time.monotonic() - ctx.began
     metrics = service.metrics
     metrics.requests.labels(ctx.path, ctx.model, str(status)).inc()
@@ -69,6 +71,31 @@ def record(
         status=status,
         latency_ms=round(latency * 1000, 2),
         start_wait_s=round(start_wait, 3),
+        queue_wait_ms=round(answer.queue_wait_s * 1000, 1) if answer is not None else 0.0,
+        via=via,
+        server=answer.server if answer is not None else None,
+    )
+    if recording is not None and ctx.trace is not None:
+        _end_trace(ctx, ctx.trace, recording, status, via, answer)
+
+
+def _end_trace(
+    ctx: RequestContext,
+    request_trace: RequestTrace,
+    recording: Span,
+    status: int,
+    via: str,
+    answer: Answer | Streamed | None,
+) -> None:
+    """The request's trace ends with its record: the root says what the log line says of
+    the request, less the caller."""
+    recording.end()
+    request_trace.end(
+        status,
+        request_id=ctx.request_id,
+        model=ctx.model,
+        cluster=ctx.route.cluster,
+        stream=ctx.stream,
         via=via,
         server=answer.server if answer is not None else None,
     )

@@ -10,8 +10,10 @@ from typing import Any
 
 from inference_bundle.config.operations import Operation
 from inference_bundle.router.auth.callers import Caller
+from inference_bundle.router.dispatch.admission import Asker
 from inference_bundle.router.limits.limiter import Ticket
 from inference_bundle.router.routes import Route
+from inference_bundle.router.tracing import RequestTrace
 
 
 @dataclass
@@ -33,6 +35,7 @@ class RequestContext:
     # The conversation its requests belong to (X-Session-ID, else the body's "user"), kept
     # on one replica; None: any replica.
     session: str | None = None
+    trace: RequestTrace | None = None  # when traced (router.tracing): its spans' parent
 
     @property
     def path(self) -> str:
@@ -42,6 +45,17 @@ class RequestContext:
     def model(self) -> str:
         """The served name of the route in use."""
         return self.route.model
+
+    def asker(self) -> Asker:
+        """Who the request is for, as the model's queue weighs it."""
+        cost = None if self.ticket is None else self.ticket.cost
+        return Asker(
+            self.caller.user,
+            tuple(sorted(self.caller.groups)),
+            self.session,
+            self.request_id,
+            0 if cost is None else cost.prompt,
+        )
 
     def log_fields(self) -> dict[str, Any]:
         """What the access log says of the request (never a credential; the body only with

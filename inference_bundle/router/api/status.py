@@ -90,7 +90,7 @@ async def status(source: StatusSource, request: Request) -> Response:
     clusters: dict[str, Any] = {}
     for cluster in service.table.clusters:
         models = [
-            _model(service, route, last_hour.get((cluster, route.model)))
+            _model(service, caller, route, last_hour.get((cluster, route.model)))
             for route in service.table.routes(cluster)
             if route.entry.endpoint.enabled and _allowed(service, caller, route)
         ]
@@ -128,8 +128,14 @@ def maintenance_notice(service: RouterService, cluster: str) -> dict[str, Any] |
     return None if maintenance is None else maintenance.notice(cluster)
 
 
-def _model(service: RouterService, route: Route, recent: dict[str, Any] | None) -> dict[str, Any]:
+def _model(
+    service: RouterService, caller: Caller, route: Route, recent: dict[str, Any] | None
+) -> dict[str, Any]:
     status = service.tracker.status(route.endpoint_name)
+
+    def named(user: str) -> bool:  # an admin sees every user's share, others their own
+        return caller.admin or user == caller.user
+
     return {
         "id": route.model,
         "endpoint": route.endpoint_name,
@@ -143,6 +149,8 @@ def _model(service: RouterService, route: Route, recent: dict[str, Any] | None) 
         "last_error": status.last_error,
         "last_hour": {name: recent[name] if recent else 0 for name in _RECENT_FIELDS},
         "last_hour_by_minute": _by_minute(service, route),
+        # Requests waiting for a place on its servers, places, 429s, users' shares.
+        "queue": service.dispatcher.admission.describe(route.endpoint_name, named),
     }
 
 

@@ -28,8 +28,6 @@ from inference_bundle.router.dataplane.connections import AnswerTooLarge, NodeGo
 from inference_bundle.router.dispatch.answers import Answer, Streamed, decode_body
 from inference_bundle.router.dispatch.errors import server_gone
 from inference_bundle.router.errors import APIError
-from inference_bundle.router.fleet.estimates import Eta
-from inference_bundle.router.fleet.states import ModelStatus
 from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.routes import Route
 from inference_bundle.router.service import RouterService
@@ -60,14 +58,12 @@ async def waiting_stream(
     """A stream that may have to wait for its model: SSE comments say its state meanwhile."""
     notes: asyncio.Queue[str] = asyncio.Queue()
 
-    async def on_wait(status: ModelStatus, waited: float, eta: Eta) -> None:
-        # "<model> is queued, waited 12 s; the scheduler expects to start it at 10:00 UTC ..."
-        told = eta.sentence()
-        note = f"{route.model} is {status.state}, waited {waited:.0f} s"
-        await notes.put(sse_chunks.comment(f"{note}; {told}" if told else note))
+    async def on_wait(note: str) -> None:
+        # "<model> is queued, waited 12 s; the scheduler expects ...", or its place in line.
+        await notes.put(sse_chunks.comment(note))
 
     task = asyncio.create_task(
-        service.dispatcher.stream(route, runtime_request, on_wait, ctx.session)
+        service.dispatcher.stream(route, runtime_request, on_wait, ctx.asker())
     )
     waited = False
     try:

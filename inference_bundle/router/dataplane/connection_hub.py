@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from inference_bundle.router.dataplane.connections import NodeConnection
@@ -43,12 +44,15 @@ class ConnectionHub:
     def __init__(self) -> None:
         self._by_endpoint: dict[str, list[NodeConnection]] = {}
         self._arrivals: dict[str, asyncio.Event] = {}
+        # Told of each endpoint a server joins (the queue lets waiting requests go to it).
+        self.on_arrival: Callable[[str], None] = lambda endpoint: None
 
     def add(self, connection: NodeConnection) -> None:
         self._by_endpoint.setdefault(connection.endpoint, []).append(connection)
         arrival = self._arrivals.pop(connection.endpoint, None)
         if arrival is not None:
             arrival.set()
+        self.on_arrival(connection.endpoint)
 
     def remove(self, connection: NodeConnection) -> None:
         live = self._by_endpoint.get(connection.endpoint, [])
@@ -86,6 +90,11 @@ class ConnectionHub:
             return min(usable, key=lambda c: c.in_flight, default=None)
         first, second = random.sample(usable, 2)
         return first if first.in_flight <= second.in_flight else second
+
+    def usable(self, endpoint: str, avoid: frozenset[str] = frozenset()) -> int:
+        """How many servers of ``endpoint`` a request may go to: live, none in ``avoid``."""
+        live = self._by_endpoint.get(endpoint, ())
+        return len({c.server_id for c in live if not c.closed and c.server_id not in avoid})
 
     def beyond_own(self, endpoint: str) -> int:
         """What the endpoint's servers run or queue for other routers (their load reports)."""

@@ -26,6 +26,7 @@ class Answer:
     via: str = "task"  # or "connection": down the server's own connection
     raw: bytes | None = None  # the body as the server wrote it (connection path; body None)
     server: str | None = None  # the label of the server that answered (which replica)
+    queue_wait_s: float = 0.0  # time it waited for a place on the model's servers
 
     def decoded(self) -> Answer:
         """This answer with its body as data (a raw body decoded)."""
@@ -54,6 +55,7 @@ class Streamed:
     finish: Callable[[bool], None]  # call once: whether the answer arrived whole
     via: str = "connection"
     start_wait_s: float = 0.0
+    queue_wait_s: float = 0.0  # time it waited for a place on the model's servers
 
     @property
     def server(self) -> str:

@@ -44,10 +44,11 @@ class ReplicaControl:
         plane = dispatcher.plane
 
         def demand(route: Route) -> int:
-            """This router's requests on the model (in flight or waiting for a start), and
-            what its servers say they run or queue for other routers."""
-            own = dispatcher.tracker.status(route.endpoint_name).in_flight
-            return own + (0 if plane is None else plane.hub.beyond_own(route.endpoint_name))
+            """This router's requests on the model (in flight, waiting for a start or for a
+            place), and what its servers say they run or queue for other routers."""
+            name = route.endpoint_name
+            own = dispatcher.tracker.status(name).in_flight + dispatcher.admission.waiting(name)
+            return own + (0 if plane is None else plane.hub.beyond_own(name))
 
         self.autoscaler = Autoscaler(
             settings,

@@ -110,6 +110,15 @@ async def test_a_user_sees_their_models_states_use_and_batches(
             "completion_tokens": 0,
             "total_tokens": 0,
         },
+        # No request has taken a place on its servers yet (router.dispatch.admission).
+        "queue": {
+            "waiting": 0,
+            "by_class": {},
+            "in_use": 0,
+            "capacity": None,
+            "refused": 0,
+            "shares": {},
+        },
     }
     # A model limited to a group the caller is not in is not listed at all.
     sophia = [m["id"] for m in body["clusters"]["sophia"]["models"]]

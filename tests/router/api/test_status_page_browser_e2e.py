@@ -234,6 +234,7 @@ def test_a_user_sees_a_cold_model_turn_ready_without_a_reload(
     wait_for(browser, "the request counted", lambda d: cell(d, TINY, ".requests") == "1")
     assert cell(browser, TINY, ".tokens") == "5"
     assert "ready" in cell(browser, TINY, ".eta")
+    assert cell(browser, TINY, ".queue").startswith("0 waiting")  # nothing waits for a place
     screenshot(browser, tmp_path / "status-page-user.png")
     assert severe_logs(browser) == []
 

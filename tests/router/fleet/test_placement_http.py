@@ -228,13 +228,11 @@ async def test_a_connected_stream_that_breaks_on_opening_moves(
     real = dispatcher.stream
     opened: list[str] = []
 
-    async def stream(
-        route: Route, request: dict[str, Any], on_wait: Any, session: str | None = None
-    ) -> Any:
+    async def stream(route: Route, request: dict[str, Any], on_wait: Any, asker: Any = None) -> Any:
         opened.append(route.cluster)
         if route.cluster == "local-slurm":
             raise APIError(502, "it stopped answering", type="server_error", code="server_gone")
-        return await real(route, request, on_wait)
+        return await real(route, request, on_wait, asker)
 
     two.endpoints["local"].handler = ensure_or_chat
     monkeypatch.setattr(dispatcher, "plane", OneConnected())

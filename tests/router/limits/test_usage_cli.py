@@ -16,8 +16,8 @@ from click.testing import CliRunner, Result
 from inference_bundle.config.settings import load_settings
 from inference_bundle.ops.cli import main
 from inference_bundle.router.limits.ledger import Ledger, Settlement
-from inference_bundle.router.service import state_folder
 from inference_bundle.router.store import open_database
+from inference_bundle.router.store.state_folder import state_folder
 
 
 def at(day: str, hour: int = 12) -> float:

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import yaml
 
-from inference_bundle.router.dispatch.dispatcher import EXPIRY_MARGIN_S
+from inference_bundle.router.dispatch.task_path import EXPIRY_MARGIN_S
 from inference_bundle.router.executors.pool import ExecutorPool
 from inference_bundle.router.fleet.states import ModelState
-from inference_bundle.router.service import lock_state_folder
+from inference_bundle.router.store.state_folder import lock_state_folder
 from tests.e2e_router import free_port
 from tests.router.conftest import ROOT, Harness, chat_answer
 

@@ -70,7 +70,7 @@ def test_an_unknown_top_level_field_lists_the_valid_ones(tmp_path: Path) -> None
     assert message == (
         "unknown field; valid fields here are: auth, batches, check_media_hosts, clusters, "
         "data_plane, executor, file_group, limits, listen, log_prompts, max_body_bytes, "
-        "metrics, replicas, state_dir, store, wait_s"
+        "metrics, queue, replicas, state_dir, store, tracing, wait_s"
     )
 
 

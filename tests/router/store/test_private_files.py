@@ -16,8 +16,8 @@ from inference_bundle.config.settings import parse_settings
 from inference_bundle.ops.local_inputs import api_key
 from inference_bundle.ops.local_run import LocalDeployment
 from inference_bundle.router.auth import create_api_key
-from inference_bundle.router.service import lock_state_folder
 from inference_bundle.router.store.private_files import OWNER_ONLY, file_access
+from inference_bundle.router.store.state_folder import lock_state_folder
 from tests.router.conftest import Harness
 
 
