@@ -53,6 +53,10 @@ paths: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/model
 data plane). Optional fields (runtime 0.3): ``"dial": {"url", "token", "endpoint",
 "ca_file"}`` tells the server's agent where to dial the router and with which credential;
 ``"send": false`` only ensures the server (no request is sent); ``"expires_at"`` (epoch s).
+Optional, and ignored by older runtimes: ``"trace": {"traceparent", "export_to"[,
+"tracestate"]}``, the router's span when it traces the request: the task is then a span of
+that trace, exported over OTLP/HTTP to ``export_to``, and its traceparent goes on to the
+server (``node_runtime.tracing``; a REQUEST record's head carries the same field).
 
 Result envelope::
 

@@ -6,6 +6,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .launch import HOST
@@ -25,15 +26,24 @@ def _connections() -> dict[int, tuple[http.client.HTTPConnection, float]]:
     return conns
 
 
-def call(port: int, method: str, path: str, body: Any, timeout_s: float) -> tuple[int, Any]:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any,
+    timeout_s: float,
+    extra_headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
     """Send one request; return (status, JSON body). Network errors propagate.
 
     A JSON-less answer becomes an OpenAI-style error body carrying its text. timeout_s bounds
     the connect and each read; a reused connection that the server closed is retried once on
-    a fresh one (the request never reached the server).
+    a fresh one (the request never reached the server). ``extra_headers``: a trace's.
     """
     payload = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if payload is not None else {}
+    if extra_headers:
+        headers.update(extra_headers)
     conns = _connections()
     kept = conns.pop(port, None)
     if kept is not None and time.monotonic() - kept[1] < _REUSE_WITHIN_S:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import backend
+from . import backend, tracing
 from .dialout.agent import write_dial
 from .dialout.node_key import read_node_key
 from .frameworks import all_operations
@@ -26,8 +26,8 @@ class RequestError(ValueError):
 
 
 def check_request(request: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
-    """Validate {"method", "path", "body"[, "expires_at", "send", "dial"]}; return the first
-    three."""
+    """Validate {"method", "path", "body"[, "expires_at", "send", "dial", "trace"]}; return
+    the first three (a malformed "trace" is ignored: tracing never fails a request)."""
     if not isinstance(request, Mapping):
         raise RequestError(f"request: expected a dict, got {type(request).__name__}")
     method = str(request.get("method", "POST")).upper()
@@ -71,6 +71,35 @@ def expired(request: Mapping[str, Any]) -> bool:
 
 
 def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+    """Ensure the model's server on this node and forward one request; return the envelope.
+
+    With ``"trace"`` (the router's span: ``node_runtime.tracing``) the task is a span of the
+    router's trace, and its traceparent goes on to the server with the request; its spans
+    are sent before the envelope is returned. The rest is ``_handle``'s.
+    """
+    asked = tracing.trace_of(request) if isinstance(request, Mapping) else None
+    span = tracing.begin("node.task", asked)
+    if span is None:
+        return _handle(spec, request, None)
+    status, failure = None, None
+    try:
+        envelope = _handle(spec, request, span.headers)
+        status = envelope["status"]
+        span.set(server=envelope["server"], start_wait_s=envelope["timings"]["start_wait_s"])
+        return envelope
+    except BaseException as err:
+        failure = repr(err)
+        raise
+    finally:
+        span.end(status, failure)
+        tracing.flush()
+
+
+def _handle(
+    spec: ServerSpec | Mapping[str, Any],
+    request: Mapping[str, Any],
+    trace_headers: Mapping[str, str] | None,
+) -> dict[str, Any]:
     """Ensure the model's server on this node and forward one request; return the envelope.
 
     The envelope is {"runtime_version", "status", "body", "timings": {"start_wait_s",
@@ -129,7 +158,7 @@ def handle(spec: ServerSpec | Mapping[str, Any], request: Mapping[str, Any]) -> 
                 return envelope
             try:
                 status, answer = backend.call(
-                    server.port, method, path, body, spec.request_timeout_s
+                    server.port, method, path, body, spec.request_timeout_s, trace_headers
                 )
             except ConnectionRefusedError:
                 if attempt == 2:

@@ -10,4 +10,4 @@ this module, which imports nothing."""
 # server's own load, sent with each heartbeat): the router
 # checks it on every call, and a deploy installs the runtime into a site's environment only
 # when this differs.
-__version__ = "0.8.0"
+__version__ = "0.9.0"

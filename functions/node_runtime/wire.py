@@ -8,8 +8,9 @@ apart by their stream id, so no body, however large, holds the line or exceeds a
 bound: the largest message either side takes is ``MAX_MESSAGE``.
 
     router -> node   REQUEST   JSON head {"method", "path", "length", "window",
-                               "content_type"}, a newline,
-                               then the body's first bytes
+                               "content_type"[, "trace"]}, a newline,
+                               then the body's first bytes ("trace": the router's
+                               span, when it traces the request: ``node_runtime.tracing``)
                      BODY      more of the request's body, until ``length`` bytes came
                      CANCEL    (empty) the client went away: abort the request
                      WINDOW    4-byte count: the node may send that many more answer bytes
@@ -40,6 +41,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from .tracing import TraceRequest, trace_of
 
 CONNECT_PATH = "/node/v1/connect"
 # Handshake headers, beside "Authorization: Bearer <credential>".
@@ -106,6 +109,7 @@ class RequestHead:
     length: int
     window: int
     content_type: str = "application/json"
+    trace: TraceRequest | None = None  # the router's span, when it traces the request
 
 
 def request_records(
@@ -115,10 +119,13 @@ def request_records(
     body: bytes,
     window: int = STREAM_WINDOW,
     content_type: str = "application/json",
+    trace: dict[str, str] | None = None,
 ) -> list[bytes]:
     """A REQUEST record with as much of the body as fits, then BODY records for the rest."""
     fields: dict[str, Any] = {"method": method, "path": path, "length": len(body)}
     fields.update(window=window, content_type=content_type)
+    if trace is not None:
+        fields["trace"] = trace
     head = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
     first = max(0, MAX_PAYLOAD - len(head))
     return [pack(REQUEST, stream, head + body[:first]), *records(BODY, stream, body[first:])]
@@ -143,7 +150,8 @@ def parse_request(payload: bytes) -> tuple[RequestHead, bytes]:
     if not isinstance(content_type, str):
         content_type = "application/json"
     window = max(window, MAX_PAYLOAD)
-    return RequestHead(method, fields["path"], length, window, content_type), body
+    trace = trace_of(fields)
+    return RequestHead(method, fields["path"], length, window, content_type, trace), body
 
 
 def start_record(stream: int, status: int, content_type: str) -> bytes:

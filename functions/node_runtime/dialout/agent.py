@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
-from .. import wire
+from .. import tracing, wire
 from ..server_files import ServerPaths, hold_in_flight, release_in_flight
 from ..version import __version__
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
@@ -164,6 +164,9 @@ class Agent:
         """Run one request against the application; send its answer back as it comes."""
         self._begin()
         head = stream.head
+        span = None if head.trace is None else self._traced(head)
+        status: int | None = None
+        failure: str | None = None
         try:
 
             async def receive() -> Message:
@@ -175,7 +178,8 @@ class Agent:
             async def send(message: Message) -> None:
                 kind = message["type"]
                 if kind == "http.response.start":
-                    stream.started = True
+                    nonlocal status
+                    stream.started, status = True, message["status"]
                     await self._send(
                         connection,
                         stream,
@@ -188,9 +192,10 @@ class Agent:
                     if not message.get("more_body", False):
                         await self._send(connection, stream, wire.pack(wire.END, stream_id))
 
-            await self.app(self._scope(head), receive, send)
+            await self.app(self._scope(head, span), receive, send)
         except Exception as exc:
             log.exception("dialout: request %s failed in the server", stream_id)
+            failure = repr(exc)
             if stream.started:
                 record = wire.pack(wire.FAIL, stream_id, repr(exc).encode())
                 await self._send(connection, stream, record)
@@ -211,6 +216,9 @@ class Agent:
         finally:
             streams.pop(stream_id, None)
             self._end()
+            if span is not None:
+                span.set(cancelled=stream.cancelled.is_set() or None)
+                span.end(status, failure)
 
     async def _send_body(
         self, connection: Any, stream: Stream, stream_id: int, chunk: bytes
@@ -236,7 +244,14 @@ class Agent:
         except Exception:
             stream.cancel()
 
-    def _scope(self, head: wire.RequestHead) -> dict[str, Any]:
+    def _traced(self, head: wire.RequestHead) -> tracing.NodeSpan | None:
+        """The request's span under its router's (the call, never its body)."""
+        fields = {"http.request.method": head.method, "url.path": head.path}
+        return tracing.begin("node.request", head.trace, **fields)
+
+    def _scope(
+        self, head: wire.RequestHead, span: tracing.NodeSpan | None = None
+    ) -> dict[str, Any]:
         scope: dict[str, Any] = {
             "type": "http",
             # 2.3, not 2.4: under 2.4 Starlette's StreamingResponse stops listening for
@@ -258,6 +273,8 @@ class Agent:
             "client": ("127.0.0.1", 0),
             "server": ("127.0.0.1", 0),
         }
+        if span is not None:  # the server's own spans (vLLM's) join the trace beneath it
+            scope["headers"] += [(k.encode(), v.encode()) for k, v in span.headers.items()]
         if "app" in self._inherited:
             scope["app"] = self._inherited["app"]
         if "state" in self._inherited:

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 
 from inference_bundle.config.operation_bodies import RequestBody
 from inference_bundle.config.operations import Operation, by_user_path
+from inference_bundle.router import tracing
 from inference_bundle.router.api import failover, stream_response
 from inference_bundle.router.api.body_checks import validate
 from inference_bundle.router.api.common import authenticate, bound_route, read_form, read_json
@@ -51,17 +52,30 @@ async def operation(service: RouterService, request: Request) -> Response:
     found = by_user_path(request.path_params["operation"])
     if found is None:
         raise APIError(404, f"Unknown operation {request.url.path}.", code="not_found")
-    return await _serve(service, request, found)
+    request_trace = service.tracing.begin(found.path, request.headers)
+    try:
+        return await _serve(service, request, found, request_trace)
+    except BaseException as err:  # refused before its answer was recorded (a 401, a 404)
+        tracing.end_request(request_trace, err, getattr(request.state, "request_id", None))
+        raise
 
 
-async def _serve(service: RouterService, request: Request, op: Operation) -> Response:
+async def _serve(
+    service: RouterService,
+    request: Request,
+    op: Operation,
+    request_trace: tracing.RequestTrace | None,
+) -> Response:
     """Authenticate, read and check the body, place it, admit it, send it; each step records
-    what it refuses."""
+    what it refuses (and is a span of the request's trace, when it is traced)."""
     request_id = uuid.uuid4().hex[:16]
     request.state.request_id = request_id
-    caller = await authenticate(service.authenticator, request)
-    body, parsed, form = await _read(service, request, op)
-    placed = await _place(service, request, caller, op, parsed)
+    with tracing.span("authenticate", request_trace):
+        caller = await authenticate(service.authenticator, request)
+    with tracing.span("check", request_trace):
+        body, parsed, form = await _read(service, request, op)
+    with tracing.span("place", request_trace):
+        placed = await _place(service, request, caller, op, parsed)
     route = placed.route
     ctx = RequestContext(
         op,
@@ -74,8 +88,10 @@ async def _serve(service: RouterService, request: Request, op: Operation) -> Res
         request_id=request_id,
         headers={"X-Request-Id": request_id, failover.CLUSTER_HEADER: route.cluster},
         session=session_of(request.headers, caller.user, body),
+        trace=request_trace,
     )
-    await _admit(service, ctx, body)
+    with tracing.span("limits", request_trace):
+        await _admit(service, ctx, body)
     runtime_request = _runtime_request(service, ctx, body, form)
     if ctx.stream:
         return await _send_stream(service, placed, ctx, runtime_request)

@@ -24,6 +24,8 @@ from typing import Any
 
 from node_runtime import wire
 
+from inference_bundle.router import tracing
+
 SendBytes = Callable[[bytes], Awaitable[None]]
 HangUp = Callable[[], Awaitable[None]]
 _CLOSED = -1  # record kinds of our own: the connection closed under the relay,
@@ -50,12 +52,23 @@ class AnswerTooLarge(Exception):
 
 
 class Relay:
-    """One request on a node connection: its answer's start, then its body, as they come."""
+    """One request on a node connection: its answer's start, then its body, as they come.
 
-    def __init__(self, connection: NodeConnection, stream_id: int, window: int) -> None:
+    In a traced request it is the ``relay`` span, from the request sent to the answer's end
+    (or its failure, or its cancelling), whose context the REQUEST head carries to the node.
+    """
+
+    def __init__(
+        self,
+        connection: NodeConnection,
+        stream_id: int,
+        window: int,
+        span: tracing.Span | None = None,
+    ) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.window = window
+        self.span = span
         self.records: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self.buffered = 0  # answer bytes received and not yet taken
         self._taken = 0  # bytes taken and not yet granted back
@@ -66,11 +79,14 @@ class Relay:
         kind, payload = await self.records.get()
         if kind == wire.START:
             try:
-                return wire.parse_start(payload)
+                started = wire.parse_start(payload)
             except wire.WireError as err:
                 self.cancel()
                 raise NodeGone(f"the model server's answer began malformed ({err})") from None
-        self._end()
+            if self.span is not None:
+                self.span.set_attribute("http.response.status_code", started[0])
+            return started
+        self._end(_why(kind, payload))
         raise NodeGone(_why(kind, payload), unsent=kind == _CLOSED)
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -85,7 +101,7 @@ class Relay:
                 self._end()
                 return
             else:
-                self._end()
+                self._end(_why(kind, payload))
                 raise NodeGone(_why(kind, payload))
 
     async def read(self, limit: int) -> bytes:
@@ -126,7 +142,7 @@ class Relay:
         """
         if self.ended:
             return
-        self._end()
+        self._end(cancelled=True)
         if not self.connection.closed:
             task = asyncio.ensure_future(self._send_cancel())
             _CANCELLING.add(task)
@@ -136,10 +152,14 @@ class Relay:
         with contextlib.suppress(Exception):
             await self.connection.send(wire.pack(wire.CANCEL, self.stream_id))
 
-    def _end(self) -> None:
+    def _end(self, why: str | None = None, cancelled: bool = False) -> None:
         if not self.ended:
             self.ended = True
             self.connection.relays.pop(self.stream_id, None)
+            if self.span is not None:
+                if cancelled:
+                    self.span.set_attribute("cancelled", True)
+                tracing.ended(self.span, why=why)
 
 
 def _why(kind: int, payload: bytes) -> str:
@@ -184,22 +204,33 @@ class NodeConnection:
         if self.closed:
             raise NodeGone("the model server's connection closed")
         self._next_id = self._next_id % 0xFFFFFFFF + 1  # 0 is the line's own (heartbeats)
-        relay = Relay(self, self._next_id, self.window)
+        traced = tracing.current()
+        span = None if traced is None else self._relay_span(traced)
+        relay = Relay(self, self._next_id, self.window, span)
         self.relays[relay.stream_id] = relay
         try:
             records = wire.request_records(
-                relay.stream_id, method, path, body, self.window, content_type
+                relay.stream_id,
+                method,
+                path,
+                body,
+                self.window,
+                content_type,
+                None if traced is None or span is None else traced.carried(span),
             )
             for record in records:
                 if relay.ended:
                     break  # cancelled while its body was on the way
                 await self.send(record)
         except Exception as err:
-            relay._end()
             why = f"the model server's connection closed ({err!r})"
+            relay._end(why)
             raise NodeGone(why, unsent=True) from None
         self.requests += 1
         return relay
+
+    def _relay_span(self, traced: tracing.RequestTrace) -> tracing.Span:
+        return traced.start("relay", via="connection", server=server_label(self.server_id))
 
     def deliver(self, record: bytes) -> None:
         """A record from the node, to the relay it belongs to (a cancelled one drops it)."""

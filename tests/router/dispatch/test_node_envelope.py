@@ -58,7 +58,9 @@ def node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 def node_envelope(
     monkeypatch: pytest.MonkeyPatch, request: dict[str, Any], fails: BaseException | None
 ) -> dict[str, Any]:
-    def call(port: int, method: str, path: str, body: Any, timeout_s: float) -> tuple[int, Any]:
+    def call(
+        port: int, method: str, path: str, body: Any, timeout_s: float, headers: Any = None
+    ) -> tuple[int, Any]:
         if fails is not None:
             raise fails
         return 200, {"object": "chat.completion"}

@@ -1,0 +1,170 @@
+"""The node's spans of a request, when its router traces it.
+
+A traced request carries ``trace``: ``{"traceparent", "export_to"}`` (and ``"tracestate"``
+when the router had one), in a task's request and in a REQUEST record's head alike. The
+node's span is the child of the router's span that sent it, is exported over OTLP/HTTP to
+``export_to`` (service ``inference-node``), and its own traceparent goes on to the model
+server in the ``traceparent`` header, so that vLLM's spans, when its operator turns its
+tracing on (``--otlp-traces-endpoint``), join the same trace beneath it.
+
+Optional and cheap when off: a request without ``trace`` makes nothing, and OpenTelemetry is
+imported only for the first traced request. An environment without it (the runtime itself
+is standard library only) makes no span of its own and passes the router's traceparent on
+as it came. Prompts and answers never go into a span.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TRACE_KEY = "trace"
+SERVICE_NAME = "inference-node"
+# Each router names its collector: a few at most. Past this many, the oldest is let go.
+_MAX_EXPORTERS = 8
+_FLUSH_MS = 2000
+
+log = logging.getLogger("node_runtime.tracing")
+_lock = threading.Lock()
+_tracers: dict[str, Any] = {}  # export_to -> (provider, tracer), or None: none can be made
+_missing_said = False
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """What the router asked for: the parent span's traceparent, and where spans go."""
+
+    traceparent: str
+    export_to: str
+    tracestate: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The router's own trace headers, passed on as they came."""
+        headers = {"traceparent": self.traceparent}
+        if self.tracestate:
+            headers["tracestate"] = self.tracestate
+        return headers
+
+    def fields(self) -> dict[str, str]:
+        """The ``trace`` field that carries this request."""
+        return {"export_to": self.export_to, **self.headers()}
+
+
+def trace_of(container: Mapping[str, Any]) -> TraceRequest | None:
+    """The ``trace`` a request or a REQUEST head carries; None when it carries none (or one
+    that is not three strings: tracing never fails a request)."""
+    fields = container.get(TRACE_KEY)
+    if not isinstance(fields, Mapping):
+        return None
+    traceparent, export_to = fields.get("traceparent"), fields.get("export_to")
+    tracestate = fields.get("tracestate")
+    if not (isinstance(traceparent, str) and isinstance(export_to, str)):
+        return None
+    if not export_to.startswith(("http://", "https://")):
+        return None
+    return TraceRequest(traceparent, export_to, tracestate if isinstance(tracestate, str) else None)
+
+
+class NodeSpan:
+    """One span of the node's part of a request; ``headers`` go on to the model server."""
+
+    def __init__(self, name: str, asked: TraceRequest, attributes: Mapping[str, Any]) -> None:
+        self.headers = asked.headers()
+        self._span: Any = None
+        tracer = _tracer(asked.export_to)
+        if tracer is None:
+            return
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        propagator = TraceContextTextMapPropagator()
+        parent = propagator.extract(self.headers)
+        self._span = tracer.start_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, attributes=dict(attributes)
+        )
+        passed_on: dict[str, str] = {}
+        propagator.inject(passed_on, context=trace.set_span_in_context(self._span))
+        if passed_on.get("traceparent"):
+            self.headers = passed_on
+
+    def set(self, **attributes: Any) -> None:
+        """Attributes learnt along the way (a status, whether a server started)."""
+        if self._span is not None:
+            self._span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+    def end(self, status: int | None = None, error: str | None = None) -> None:
+        """End the span: an answer's status (5xx, or ``error``, marks it failed)."""
+        if self._span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        if status is not None:
+            self._span.set_attribute("http.response.status_code", status)
+        if error is not None or (status is not None and status >= 500):
+            self._span.set_status(Status(StatusCode.ERROR, error))
+        self._span.end()
+        self._span = None
+
+
+def begin(name: str, asked: TraceRequest | None, **attributes: Any) -> NodeSpan | None:
+    """The span of ``name`` under the router's, or None when the request is not traced."""
+    if asked is None:
+        return None
+    return NodeSpan(name, asked, attributes)
+
+
+def flush() -> None:
+    """Send the spans made so far (a task's end: its worker may not live to send them)."""
+    with _lock:
+        made = [entry for entry in _tracers.values() if entry is not None]
+    for provider, _ in made:
+        provider.force_flush(_FLUSH_MS)
+
+
+def _tracer(export_to: str) -> Any:
+    """The tracer that exports to ``export_to``, made on first use; None without
+    OpenTelemetry."""
+    global _missing_said
+    with _lock:
+        if export_to in _tracers:
+            entry = _tracers[export_to]
+            return None if entry is None else entry[1]
+        if len(_tracers) >= _MAX_EXPORTERS:
+            oldest = _tracers.pop(next(iter(_tracers)))
+            if oldest is not None:  # its last spans go out beside the request, not in it
+                threading.Thread(target=oldest[0].shutdown, daemon=True).start()
+        try:
+            entry = _made(export_to)
+        except ImportError as err:
+            if not _missing_said:
+                log.warning("tracing: OpenTelemetry is missing (%s); no node spans", err)
+                _missing_said = True
+            entry = None
+        _tracers[export_to] = entry
+        return None if entry is None else entry[1]
+
+
+def _made(export_to: str) -> tuple[Any, Any]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    from .version import __version__
+
+    resource = Resource.create(
+        {
+            "service.name": SERVICE_NAME,
+            "service.version": __version__,
+            "host.name": socket.gethostname(),
+        }
+    )
+    # Sampled as the router decided: a node never starts a trace of its own.
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=export_to)))
+    return provider, provider.get_tracer("node_runtime")
