@@ -156,14 +156,15 @@ class Admission:
         weight = self._weight(asker.groups)
         # Every request counts for at least one token, its prompt unknown or not weighed.
         cost = max(1.0, settings.prompt_weight * asker.prompt_tokens)
-        self._remember(gate, asker, weight)
         queue = gate.queue
         if not queue.waiting and gate.in_use < gate.capacity():
             gate.in_use += 1
             queue.charge(asker.user, cost / weight)
             gate.note_served(asker.user, cost / weight)
+            self._remember(gate, asker, weight)
             return Slot(gate)
         self._check_bounds(gate, asker.user)
+        self._remember(gate, asker, weight)
         began = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = Waiter(asker.user, self._priority(asker), weight, cost, began, future)
