@@ -79,10 +79,10 @@ async def router(folder: Path, tracing: dict[str, Any]) -> AsyncIterator[httpx.A
             await asyncio.to_thread(service.shutdown)
 
 
-async def measure(n: int, receiver_url: str) -> dict[str, list[float]]:
+async def measure(n: int, receiver_url: str, ratio: float) -> dict[str, list[float]]:
     latencies: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
-        on = {"otlp_endpoint": receiver_url}
+        on = {"otlp_endpoint": receiver_url, "sample_ratio": ratio}
         async with (
             router(Path(tmp) / "off", {}) as off_client,
             router(Path(tmp) / "on", on) as on_client,
@@ -115,20 +115,33 @@ def quantile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="requests a router")
+    parser.add_argument("--sample-ratio", type=float, default=1.0, help="the ON router's")
+    parser.add_argument(
+        "--no-node-spans",
+        action="store_true",
+        help="the stand-in nodes make no spans: the router's own cost (a real node's spans "
+        "are made in its vLLM process, on its own machine)",
+    )
     args = parser.parse_args()
+    if args.no_node_spans:
+        node_tracing.begin = lambda name, asked, **attributes: None
     urls: Any = multiprocessing.Queue()
     counts: Any = multiprocessing.Queue()
     done = multiprocessing.Event()
     receiver = multiprocessing.Process(target=receive, args=(urls, counts, done), daemon=True)
     receiver.start()
     try:
-        latencies = asyncio.run(measure(args.n, urls.get(timeout=30)))
+        latencies = asyncio.run(measure(args.n, urls.get(timeout=30), args.sample_ratio))
     finally:
         done.set()
     spans = counts.get(timeout=30)
     receiver.join(10)
     rows = {
-        name: {"p50_ms": round(quantile(v, 0.5), 3), "p90_ms": round(quantile(v, 0.9), 3)}
+        name: {
+            "p50_ms": round(quantile(v, 0.5), 3),
+            "p90_ms": round(quantile(v, 0.9), 3),
+            "mean_ms": round(statistics.fmean(v), 3),
+        }
         for name, v in latencies.items()
     }
     added = round(rows["on"]["p50_ms"] - rows["off"]["p50_ms"], 3)
@@ -139,6 +152,8 @@ def main() -> None:
     print(f"\nON - OFF at p50: {added:+.3f} ms (target <= +{TARGET_MS} ms: {met}); {spans} spans")
     result = {
         "n": args.n,
+        "sample_ratio": args.sample_ratio,
+        "node_spans": not args.no_node_spans,
         "rows": rows,
         "on_minus_off_p50_ms": added,
         "target_ms": TARGET_MS,
