@@ -103,17 +103,22 @@ def test_health_answers_within_100_ms_through_a_6_mb_upload(
 ) -> None:
     auth, url = served
 
-    def send() -> httpx.Response:
+    def send() -> list[httpx.Response]:
+        # Three in a row: a quick machine reads one in fewer polls than the check needs.
         with httpx.Client(base_url=url, timeout=60) as client:
             files = {"file": ("big.jsonl", data)}
-            return client.post("/v1/files", headers=auth, files=files, data={"purpose": "batch"})
+            return [
+                client.post("/v1/files", headers=auth, files=files, data={"purpose": "batch"})
+                for _ in range(3)
+            ]
 
-    answer, latencies = poll_health_during(url, send)
-    assert answer.status_code == status, answer.text
-    if code is not None:
-        assert answer.json()["error"]["code"] == code
-    else:
-        assert answer.json()["bytes"] == len(data)
+    answers, latencies = poll_health_during(url, send)
+    for answer in answers:
+        assert answer.status_code == status, answer.text
+        if code is not None:
+            assert answer.json()["error"]["code"] == code
+        else:
+            assert answer.json()["bytes"] == len(data)
     assert_responsive(latencies)
 
 
