@@ -8,7 +8,7 @@ router, per user, and the user served the fewest tokens lately goes next
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 
 class QueueClasses(BaseModel):
@@ -50,7 +50,7 @@ class QueueSettings(BaseModel):
         default=2.0, ge=0, description="what a generated token counts in a user's share"
     )
     classes: QueueClasses = QueueClasses()
-    group_weights: dict[str, float] = Field(
+    group_weights: dict[str, PositiveFloat] = Field(
         default_factory=dict,
         description="group name -> weight: a member's tokens count 1/weight (a caller's "
         "largest counts; 1 unless named)",

@@ -74,6 +74,23 @@ def test_an_unknown_top_level_field_lists_the_valid_ones(tmp_path: Path) -> None
     )
 
 
+def test_a_queue_mistake_names_its_field(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        queue={
+            "max_waiting": 0,
+            "group_weights": {"auroragpt": 0},
+            "classes": {"keys": {"k": 1}},
+        },
+    )
+    assert {field for _, field, _ in problems} == {
+        "queue.max_waiting",
+        "queue.group_weights.auroragpt",
+        "queue.classes.keys",
+    }
+    assert all(file == "router.yaml" for file, _, _ in problems)
+
+
 def test_a_dial_url_must_be_a_base_url_and_tls_goes_in_pairs(tmp_path: Path) -> None:
     problems = _problems(
         tmp_path,
