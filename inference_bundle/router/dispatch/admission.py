@@ -23,6 +23,7 @@ from typing import Any
 
 from inference_bundle.config.queue_settings import QueueSettings
 from inference_bundle.router import tracing
+from inference_bundle.router.dispatch.errors import model_saturated, queue_timeout
 from inference_bundle.router.dispatch.fair_queue import FairQueue, Waiter
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.routes import Route
@@ -270,28 +271,11 @@ class Admission:
         self.on_refused(gate.model, bound)
         ahead = queue.waiting if bound == "queue.max_waiting" else queue.by_user(user)
         retry = gate.retry_after_s(ahead)
-        whose = "wait for it" if bound == "queue.max_waiting" else "of yours wait for it"
-        raise APIError(
-            429,
-            f"'{gate.model}' is saturated: {ahead} requests {whose}, and {bound} is {value}. "
-            f"Retry after {retry} s.",
-            type="requests",
-            code="model_saturated",
-            headers={"Retry-After": str(retry)},
-            extra={"limit": bound},
-        )
+        raise model_saturated(gate.model, bound, value, ahead, retry)
 
     def _timed_out(self, gate: Gate, waited: float) -> APIError:
-        bound = self.settings.max_queue_wait_s
         retry = gate.retry_after_s(gate.queue.waiting)
-        return APIError(
-            503,
-            f"'{gate.model}' stayed full: this request waited {waited:.0f} s for a place, "
-            f"and queue.max_queue_wait_s is {bound:g}. Retry after {retry} s.",
-            type="server_error",
-            code="queue_timeout",
-            headers={"Retry-After": str(retry)},
-        )
+        return queue_timeout(gate.model, waited, self.settings.max_queue_wait_s, retry)
 
     def _priority(self, asker: Asker) -> int:
         classes = self.settings.classes

@@ -1,4 +1,5 @@
-"""The errors a dispatched request ends in: too slow, its server gone, its model still starting.
+"""The errors a dispatched request ends in: too slow, its server gone, its model still starting
+or full.
 
 Each is an OpenAI-shaped ``APIError`` whose sentence says what happened and what to do; the
 503 of a model still starting carries Retry-After and the scheduler's estimate
@@ -114,4 +115,30 @@ def task_failed(route: Route, err: Exception) -> APIError:
         f"The request for '{route.model}' was lost on its way: {err}",
         type="server_error",
         code="executor_failed",
+    )
+
+
+def model_saturated(model: str, bound: str, value: int, ahead: int, retry: int) -> APIError:
+    """The 429 of a full queue (router.dispatch.admission), naming the bound that refused."""
+    whose = "wait for it" if bound == "queue.max_waiting" else "of yours wait for it"
+    return APIError(
+        429,
+        f"'{model}' is saturated: {ahead} requests {whose}, and {bound} is {value}. "
+        f"Retry after {retry} s.",
+        type="requests",
+        code="model_saturated",
+        headers={"Retry-After": str(retry)},
+        extra={"limit": bound},
+    )
+
+
+def queue_timeout(model: str, waited: float, bound: float, retry: int) -> APIError:
+    """The 503 of a request that waited past queue.max_queue_wait_s for a place."""
+    return APIError(
+        503,
+        f"'{model}' stayed full: this request waited {waited:.0f} s for a place, "
+        f"and queue.max_queue_wait_s is {bound:g}. Retry after {retry} s.",
+        type="server_error",
+        code="queue_timeout",
+        headers={"Retry-After": str(retry)},
     )
