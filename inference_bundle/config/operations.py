@@ -67,16 +67,28 @@ class Operation:
 
 
 _REGISTRY: dict[str, Operation] = {}
+# user_path -> the first operation registered at it: each request looks its operation up.
+_BY_USER_PATH: dict[str, Operation] = {}
 
 
 def register(operation: Operation) -> None:
     """Add (or replace) an operation; every part of the router sees it at once."""
     _REGISTRY[operation.path] = operation
+    _index()
 
 
 def unregister(path: str) -> None:
     """Take an operation out (a test's own, after the test)."""
     _REGISTRY.pop(path, None)
+    _index()
+
+
+def _index() -> None:
+    index: dict[str, Operation] = {}
+    for op in _REGISTRY.values():
+        index.setdefault(op.user_path, op)
+    _BY_USER_PATH.clear()
+    _BY_USER_PATH.update(index)
 
 
 def operation(path: str) -> Operation:
@@ -91,7 +103,7 @@ def operations() -> Iterator[Operation]:
 
 def by_user_path(tail: str) -> Operation | None:
     """The operation users call at ``tail`` after a base URL's /v1/, if any."""
-    return next((op for op in operations() if op.user_path == tail), None)
+    return _BY_USER_PATH.get(tail)
 
 
 def served_paths(framework: str, kind: str | None = None) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ them in order and answers every error in OpenAI's shape.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from inference_bundle.router.api import batches, files, health, listings, openai, status, usage
+from inference_bundle.router.api.operation_entry import OperationsFirst
 from inference_bundle.router.dataplane import connect_route
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.reload import LimitsWatcher
@@ -26,8 +28,9 @@ from inference_bundle.router.service import RouterService, replica_control, warm
 log = logging.getLogger("router")
 
 
-def create_app(service: RouterService) -> Starlette:
-    """The ASGI application for one router service."""
+def create_app(service: RouterService) -> OperationsFirst:
+    """The ASGI application for one router service: model operations straight to their
+    handler (``api.operation_entry``), the rest through Starlette's routes."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -53,7 +56,7 @@ def create_app(service: RouterService) -> Starlette:
         await service.limiter.stop()
         await run_in_threadpool(service.shutdown)
 
-    return Starlette(
+    app = Starlette(
         routes=api_routes(service),
         exception_handlers={
             APIError: api_error,
@@ -62,6 +65,8 @@ def create_app(service: RouterService) -> Starlette:
         },
         lifespan=lifespan,
     )
+    handler = functools.partial(openai.operation, service)
+    return OperationsFirst(app, handler, api_error, http_error, unexpected)
 
 
 def api_routes(service: RouterService) -> list[BaseRoute]:

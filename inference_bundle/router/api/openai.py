@@ -7,8 +7,7 @@ Streams are ``stream_response.py``'s; how an answer is named, shaped and recorde
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
+import secrets
 from collections.abc import Awaitable
 from typing import Any
 
@@ -68,7 +67,7 @@ async def _serve(
 ) -> Response:
     """Authenticate, read and check the body, place it, admit it, send it; each step records
     what it refuses (and is a span of the request's trace, when it is traced)."""
-    request_id = uuid.uuid4().hex[:16]
+    request_id = secrets.token_hex(8)
     request.state.request_id = request_id
     with tracing.span("authenticate", request_trace):
         caller = await authenticate(service.authenticator, request)
@@ -244,17 +243,28 @@ class ClientLeft(Exception):
 
 async def _unless_client_leaves(request: Request, work: Awaitable[Answer]) -> Answer:
     """``work``'s answer; if the client hangs up first, ``work`` is cancelled (and with it
-    the generation at the server, when it rides a connection)."""
-    answering = asyncio.ensure_future(work)
+    the generation at the server, when it rides a connection). ``work`` runs in this task:
+    only the watch for the client's hang-up is a task of its own."""
+    this = asyncio.current_task()
+    assert this is not None
+    answered = False
+
+    def on_leaving(watch: asyncio.Future[None]) -> None:
+        if not answered and not watch.cancelled():
+            this.cancel()
+
     leaving = asyncio.ensure_future(_client_leaves(request))
-    done, _ = await asyncio.wait({answering, leaving}, return_when=asyncio.FIRST_COMPLETED)
-    if answering in done:
+    leaving.add_done_callback(on_leaving)
+    try:
+        return await work
+    except (asyncio.CancelledError, APIError):
+        if leaving.done() and not leaving.cancelled():
+            this.uncancel()
+            raise ClientLeft from None
+        raise
+    finally:
+        answered = True
         leaving.cancel()
-        return answering.result()
-    answering.cancel()
-    with contextlib.suppress(asyncio.CancelledError, APIError):
-        await answering
-    raise ClientLeft
 
 
 async def _client_leaves(request: Request) -> None:

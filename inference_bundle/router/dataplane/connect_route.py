@@ -69,25 +69,28 @@ async def serve_node(plane: DataPlane, websocket: WebSocket, refusals: RefusalLo
     plane.hub.add(connection)
     log.info("data plane: %s server %s on %s connected from %s", endpoint, server_id, host, peer)
     said_bye = False
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            try:
-                message = await asyncio.wait_for(websocket.receive(), wire.SILENCE_S)
-            except TimeoutError:
-                log.warning(
-                    "data plane: nothing heard from %s server %s for %.0f s; hanging up",
-                    endpoint,
-                    server_id,
-                    wire.SILENCE_S,
-                )
-                break
-            if message["type"] == "websocket.disconnect":
-                break
-            record = message.get("bytes")
-            if record is not None:
-                await _deliver(connection, record)
-            elif _is_bye(message.get("text")):
-                said_bye = True
+        # One deadline, moved on by each message heard (``wait_for`` would make a task for
+        # every message of every request).
+        async with asyncio.timeout(None) as silence:
+            while True:
+                silence.reschedule(loop.time() + wire.SILENCE_S)
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                record = message.get("bytes")
+                if record is not None:
+                    await _deliver(connection, record)
+                elif _is_bye(message.get("text")):
+                    said_bye = True
+    except TimeoutError:
+        log.warning(
+            "data plane: nothing heard from %s server %s for %.0f s; hanging up",
+            endpoint,
+            server_id,
+            wire.SILENCE_S,
+        )
     finally:
         plane.hub.remove(connection)
         if not connection.superseded:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -280,6 +281,7 @@ class NodeConnection:
         return max(0, sum(self.load) - self.in_flight)
 
 
+@functools.lru_cache(maxsize=1024)
 def server_label(server_id: str) -> str:
     """How users see a server: a short digest of its id, which tells servers apart."""
     return hashlib.sha256(server_id.encode()).hexdigest()[:10]
