@@ -32,11 +32,9 @@ def environment(spec: ServerSpec, folder: Path, server_id: str) -> dict[str, str
     a link to it.
     """
     env = dict(os.environ)
-    scratch = runtime_folder(server_id)
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Its temporary files and vLLM's IPC sockets in a folder removed when it stops (unless
-    # the spec says where they go).
-    env["TMPDIR"] = env["VLLM_RPC_BASE_PATH"] = str(scratch)
+    # the spec says where they go); the starter makes it (``make_runtime_folder``).
+    env["TMPDIR"] = env["VLLM_RPC_BASE_PATH"] = str(runtime_folder(server_id))
     env.update(spec.env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env[FOLDER_ENV] = str(folder)

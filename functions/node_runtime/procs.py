@@ -14,20 +14,41 @@ from pathlib import Path
 # that look alive to a PID check) while this process lives.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
+# Signals that ask a process to end: a scheduler's at a job's end, ours at a stop.
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Whether a process can take such a signal at a time of its choosing (sigtimedwait; Linux).
+CAN_TAKE_SIGNALS = hasattr(signal, "sigtimedwait")
 
-def spawn(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> int:
-    """Start argv in a new session (its own process group), output appended to log."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+
+def spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    keep_fds: tuple[int, ...] = (),
+    blocked: tuple[signal.Signals, ...] = (),
+) -> int:
+    """Start argv in a new session (its own process group), output appended to log; of this
+    process's descriptors it inherits keep_fds only. It starts with the blocked signals
+    blocked (pending until it takes them), so that none ends it while it starts up."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=keep_fds,
+            )
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     _CHILDREN[proc.pid] = proc
     return proc.pid
 

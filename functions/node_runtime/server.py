@@ -28,8 +28,10 @@ from .server_files import (
     clear_state,
     exclusive_lock,
     hold_in_flight,
+    make_runtime_folder,
     read_state,
     release_in_flight,
+    remove_ended_runtime_folders,
     runtime_folder,
     stamp_use,
     write_state,
@@ -158,26 +160,10 @@ def _start_locked(spec: ServerSpec, paths: ServerPaths) -> ServerState:
     server_id = uuid.uuid4().hex[:12]
     # A credential written for the previous server is not this one's (see dialout).
     (paths.root / DIAL_FILE).unlink(missing_ok=True)
-    env = launch.environment(spec, paths.root, server_id)
-    pid = procs.spawn(argv, env=env, cwd=paths.root, log=paths.log)
-    state = ServerState(
-        server_id=server_id,
-        name=spec.name,
-        framework=spec.framework,
-        pid=pid,
-        pid_ticks=procs.start_ticks(pid),
-        pgid=pid,
-        port=port,
-        spec_hash=spec.process_hash(),
-        started_at=started_at,
-        ready_at=0.0,
-        idle_timeout_s=spec.idle_timeout_s,
-        stop_grace_s=spec.stop_grace_s,
-        anchors=(caller_anchor(),),
-        role=spec.role,
-    )
-    # Recorded before the wait, so that a crash of this caller leaves a group to clean up.
-    write_state(paths, state)
+    # Scratch folders of servers on this node that ended without a stop (their job killed).
+    for gone in remove_ended_runtime_folders():
+        _note(paths, f"removed {gone}: its server had ended")
+    state = _spawn_recorded(spec, paths, argv, server_id, port, started_at)
     try:
         _wait_ready(spec, paths, state)
     except BaseException as exc:
@@ -192,6 +178,50 @@ def _start_locked(spec: ServerSpec, paths: ServerPaths) -> ServerState:
     write_state(paths, state)
     stamp_use(paths)
     _note(paths, f"ready on port {port} after {state.ready_at - started_at:.1f} s")
+    return state
+
+
+def _spawn_recorded(
+    spec: ServerSpec, paths: ServerPaths, argv: list[str], server_id: str, port: int, at: float
+) -> ServerState:
+    """Spawn the server with its scratch folder and record it; if that fails, neither the
+    process nor the folder is left behind."""
+    running = make_runtime_folder(server_id)
+    pid = 0
+    try:
+        env = launch.environment(spec, paths.root, server_id)
+        try:
+            pid = procs.spawn(argv, env=env, cwd=paths.root, log=paths.log, keep_fds=(running,))
+        except OSError as exc:
+            raise ServerStartError(
+                f"model {spec.name!r} ({spec.framework}) on {_host()}: could not start "
+                f"{argv[0]}: {exc}"
+            ) from exc
+        state = ServerState(
+            server_id=server_id,
+            name=spec.name,
+            framework=spec.framework,
+            pid=pid,
+            pid_ticks=procs.start_ticks(pid),
+            pgid=pid,
+            port=port,
+            spec_hash=spec.process_hash(),
+            started_at=at,
+            ready_at=0.0,
+            idle_timeout_s=spec.idle_timeout_s,
+            stop_grace_s=spec.stop_grace_s,
+            anchors=(caller_anchor(),),
+            role=spec.role,
+        )
+        # Recorded before the wait, so that a crash of this caller leaves a group to clean up.
+        write_state(paths, state)
+    except BaseException:
+        if pid:
+            procs.stop_group(pid, spec.stop_grace_s)
+        shutil.rmtree(runtime_folder(server_id), ignore_errors=True)
+        raise
+    finally:
+        os.close(running)  # the server holds the folder's lock from now on
     return state
 
 
@@ -269,7 +299,14 @@ def log_tail(log: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 def _spawn_watchdog(paths: ServerPaths, server_id: str) -> int:
     argv = [sys.executable, "-m", "node_runtime.watchdog", str(paths.root), server_id]
-    return procs.spawn(argv, env=dict(os.environ), cwd=paths.root, log=paths.watchdog_log)
+    return procs.spawn(
+        argv,
+        env=dict(os.environ),
+        cwd=paths.root,
+        log=paths.watchdog_log,
+        # it takes them between its rounds, even one sent while it starts up
+        blocked=procs.ENDING_SIGNALS if procs.CAN_TAKE_SIGNALS else (),
+    )
 
 
 def _note(paths: ServerPaths, line: str) -> None:

@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,11 +35,72 @@ class LockTimeout(TimeoutError):
     """The model's lock stayed held by another caller longer than the bounded wait."""
 
 
+_RUNTIME_FOLDER = re.compile(r"node-runtime-[0-9a-f]{12}")
+# Held (a shared flock) by the server's processes while any of them lives: they inherit it.
+_RUNNING_MARK = ".running"
+
+
 def runtime_folder(server_id: str) -> Path:
     """A running server's scratch folder: its temporary files and vLLM's IPC sockets, which
     nobody else removes. Under the node's temp folder, not the server's: a socket's path must
-    stay short (108 bytes on Linux). Removed when the server stops (``stop_recorded``)."""
+    stay short (108 bytes on Linux). Removed when the server stops (``stop_recorded``), and
+    by the next start on the node if the server ended without a stop
+    (``remove_ended_runtime_folders``)."""
     return Path(tempfile.gettempdir()) / f"node-runtime-{server_id}"
+
+
+def make_runtime_folder(server_id: str) -> int:
+    """Create the server's scratch folder (mode 0700); return a descriptor holding a shared
+    lock on its marker, for the server to inherit (``procs.spawn``'s keep_fds).
+
+    The lock lives as long as some process holds that descriptor: once the server's
+    processes are all gone, nobody does, which is what proves the folder's server ended.
+    The folder gets its name only once the lock is held, so no start in between ever sees
+    it unlocked. The caller closes the descriptor after the spawn.
+    """
+    final = runtime_folder(server_id)
+    staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
+    try:
+        fd = os.open(staging / _RUNNING_MARK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return fd
+
+
+def remove_ended_runtime_folders() -> list[Path]:
+    """Remove the scratch folders of servers that ended without a stop (a scheduler's kill of
+    the whole job, a SIGKILL, a node's OOM killer): those of this user whose marker's lock no
+    process holds. A folder of another user, or without the marker (made by a runtime before
+    0.9.1), is left alone: nothing proves that its server ended."""
+    base = Path(tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _RUNTIME_FOLDER.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            found = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+                continue
+            fd = os.open(
+                os.path.join(entry.path, _RUNNING_MARK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its server, or a process that it started, still runs
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+            finally:
+                os.close(fd)
+    return removed
 
 
 @dataclass(frozen=True)

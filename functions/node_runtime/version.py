@@ -9,5 +9,6 @@ this module, which imports nothing."""
 # newer APIs; 0.7: bounded records, windows, heartbeats and the server's key; 0.8: the
 # server's own load, sent with each heartbeat): the router
 # checks it on every call, and a deploy installs the runtime into a site's environment only
-# when this differs.
-__version__ = "0.9.0"
+# when this differs. A patch release changes only what the node does (0.9.1: a server's scratch
+# folder goes when it ends however it ends).
+__version__ = "0.9.1"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import node_runtime
 import pytest
 from node_runtime import procs
 from node_runtime.server_files import ServerPaths
+from node_runtime.spec import ServerSpec
 
 from tests.waiting import wait_until
 
@@ -96,3 +99,22 @@ def embed_specs(state_dir: Path) -> Iterator[tuple[Spec, Spec]]:
     yield specs
     for spec in specs:
         stop_checked(spec)
+
+
+@pytest.fixture
+def node_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The node's temp folder, this test's alone (here and in the watchdogs it starts)."""
+    folder = Path(tempfile.mkdtemp(prefix="rtf-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def started(node_tmp: Path) -> Iterator[list[Spec]]:
+    """The specs of the servers a test started: stopped after it, if they still run."""
+    specs: list[Spec] = []
+    yield specs
+    for spec in specs:
+        node_runtime.stop_server(ServerSpec.from_dict(spec))

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from node_runtime import watchdog
+from node_runtime.server_files import ServerPaths, read_state, runtime_folder
 
 from tests.dataplane_e2e import CHAT as LOCAL_CHAT
 from tests.dataplane_e2e import long_chat, post, short_chat, timed_stream
@@ -31,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CLUSTER = "local-slurm"
 CHAT = LOCAL_CHAT.replace("/local/", f"/{CLUSTER}/")
 WALLTIME_S = 120
+STATE_DIR = ".state/runtime-slurm"  # config/clusters/local-slurm.yaml's state_dir
 
 
 @pytest.fixture
@@ -49,8 +52,23 @@ def router(local_slurm: Path, tmp_path: Path) -> Iterator[RunningRouter]:
         yield running
     finally:
         stop_router(running)
+        servers = recorded_servers(root)
         for job in our_jobs():
             subprocess.run(["scancel", job[0]], check=False)
+        # Slurm ends each job's processes, the watchdog among them, which removes the
+        # server's scratch folder (its vLLM sockets) before it goes.
+        folders = [runtime_folder(server_id) for server_id in servers]
+        wait_until(
+            lambda: not any(folder.exists() for folder in folders),
+            lambda: f"the removal of {[f for f in folders if f.exists()]}",
+            timeout_s=watchdog.ENDING_S + 10,
+        )
+
+
+def recorded_servers(root: Path) -> list[str]:
+    """The ids of the servers recorded in the cluster's state_dir (its local-slurm.yaml)."""
+    found = (read_state(ServerPaths(f.parent)) for f in root.glob(f"{STATE_DIR}/*/*/state.json"))
+    return [state.server_id for state in found if state is not None]
 
 
 def our_jobs() -> list[tuple[str, str]]:
@@ -86,6 +104,7 @@ def test_a_replica_is_rotated_before_its_walltime_and_no_request_fails(
         every_s=2,
     )
     [(first_job, _)] = our_jobs()
+    [first_server] = recorded_servers(router.root)
     began = time.monotonic()
     failures: list[str] = []
     answered = [0]
@@ -116,6 +135,12 @@ def test_a_replica_is_rotated_before_its_walltime_and_no_request_fails(
             every_s=1,
         )
         ran_s = gone - began
+        # Its server went with it, and so did the server's scratch folder.
+        wait_until(
+            lambda: not runtime_folder(first_server).exists(),
+            f"the removal of the first server's {runtime_folder(first_server)}",
+            timeout_s=watchdog.ENDING_S + 10,
+        )
         # ... and requests go on being answered after it.
         after = answered[0]
         wait_until(lambda: answered[0] >= after + 20, "20 answers more", timeout_s=60)
