@@ -7,7 +7,7 @@ Streams are ``stream_response.py``'s; how an answer is named, shaped and recorde
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from collections.abc import Awaitable
 from typing import Any
 
@@ -67,7 +67,7 @@ async def _serve(
 ) -> Response:
     """Authenticate, read and check the body, place it, admit it, send it; each step records
     what it refuses (and is a span of the request's trace, when it is traced)."""
-    request_id = secrets.token_hex(8)
+    request_id = os.urandom(8).hex()
     request.state.request_id = request_id
     with tracing.span("authenticate", request_trace):
         caller = await authenticate(service.authenticator, request)

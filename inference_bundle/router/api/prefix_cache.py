@@ -11,10 +11,13 @@ the client sent. The endpoint's ``cache_isolation`` says whose: ``user`` (the de
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
 
+# The same few callers and models ask again and again: each salt is a keyed hash made once.
+@functools.lru_cache(maxsize=4096)
 def cache_salt(key: str, isolation: str, user: str, group: str, model: str) -> str | None:
     """The salt for a request, or None when the endpoint shares its cache with everyone."""
     if isolation == "none":
