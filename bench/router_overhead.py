@@ -242,8 +242,8 @@ def worker_pools(root: Path) -> list[int]:
 def profile_router(
     procs: peers.Processes, plan: dict[str, Any], work: Path, root: Path, out: Path
 ) -> None:
-    """py-spy (raw stacks, on-CPU samples) over the router, its interchange, and the worker
-    pool with its workers, while only the router path is loaded."""
+    """py-spy, while only the router path is loaded: a flame graph (SVG) of what holds the
+    router's interpreter, and raw on-CPU stacks of the engine's worker pools."""
     py_spy = str(ROOT / ".venvs/bench/bin/py-spy")
     out.mkdir(parents=True, exist_ok=True)
     targets = {"router": procs.started["router"].pid}
@@ -259,6 +259,10 @@ def profile_router(
             argv = [py_spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking"]
             argv += ["--rate", "250", "--format", "raw"]
             argv += ["--output", str(out / f"{phase}-{label}.txt")]
+            if label == "router":  # what holds the interpreter, drawn: the router's own work
+                argv = [py_spy, "record", "--pid", str(pid), "--gil", "--nonblocking"]
+                argv += ["--rate", "500", "--format", "flamegraph"]
+                argv += ["--output", str(out / f"{phase}-router-gil.svg")]
             log = (out / f"py-spy-{phase}-{label}.log").open("w")
             spies.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
             log.close()
