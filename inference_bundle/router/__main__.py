@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
-import threading
-import time
 from pathlib import Path
 
 import click
@@ -27,8 +24,6 @@ from inference_bundle.router.store.state_folder import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LOG_BATCH = 256
-FLUSH_EVERY_S = 0.25
 
 
 @click.command()
@@ -36,23 +31,7 @@ FLUSH_EVERY_S = 0.25
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=ROOT)
 def main(config: Path, root: Path) -> None:
     """Serve the guide's API for the clusters named in CONFIG."""
-    # The log's lines (one a request) wait in memory and go out together: a write for every
-    # request would be on its way. A warning goes at once; the rest within FLUSH_EVERY_S.
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    lines = logging.handlers.MemoryHandler(LOG_BATCH, logging.WARNING, writer, flushOnClose=True)
-    logging.basicConfig(level=logging.INFO, handlers=[lines])
-    threading.Thread(target=_flush_every, args=(lines,), name="log-flush", daemon=True).start()
-    _serve(config, root)  # logging.shutdown writes what is left when the process ends
-
-
-def _flush_every(lines: logging.Handler) -> None:
-    while True:
-        time.sleep(FLUSH_EVERY_S)
-        lines.flush()
-
-
-def _serve(config: Path, root: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         settings = load_settings(config, root)
         # Held until the process ends: a second router on this folder stops here.
