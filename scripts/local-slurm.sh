@@ -80,6 +80,9 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 MinJobAge=30
+# A job waiting behind another gets its planned start from the backfill pass (default: every
+# 30 s); one job-sized node needs no slower pace, and the tests wait for that start.
+SchedulerParameters=bf_interval=2
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF

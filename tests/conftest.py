@@ -27,6 +27,8 @@ LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
 # Session fixtures (routers, model servers, engines, the local Slurm) are torn down in the
 # last test's teardown, which pytest-timeout counts in that test's limit.
 SESSION_TEARDOWN_S = 600
+# The shared router's batch jobs end this long after their last work (see ``e2e_root``).
+BATCH_IDLE_S = 30
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected, so items[-1] is the last to run
@@ -118,6 +120,14 @@ def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The scratch root of the session's shared router (see tests/e2e_router.py)."""
     root = scratch_root(tmp_path_factory.mktemp("router-e2e"))
     (root / ".state" / "batches").mkdir()  # the profile's batch_input_roots
+    # A batch job ends after BATCH_IDLE_S without work rather than the profile's 60 s: the
+    # batch modules follow one another, and the last one waits for that end.
+    profile = root / "config" / "clusters" / "local.yaml"
+    text = profile.read_text()
+    assert "\nbatch_idle_timeout_s: 60\n" in text
+    profile.write_text(
+        text.replace("\nbatch_idle_timeout_s: 60\n", f"\nbatch_idle_timeout_s: {BATCH_IDLE_S}\n")
+    )
     yield root
     stop_servers(root)
 

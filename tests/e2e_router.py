@@ -35,6 +35,8 @@ TINY = "local/tiny-llama"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # The session's shared router: its state is under <root>/.state/<name>.
 SHARED_ROUTER = "patient"
+# Workers in an engine's pool on a scratch root (``scratch_root``).
+WORKERS = 4
 
 
 @dataclass
@@ -50,13 +52,32 @@ class RunningRouter:
         return openai.OpenAI(api_key=self.key, base_url=self.url + base, max_retries=0)
 
 
-def scratch_root(tmp: Path) -> Path:
+def scratch_root(tmp: Path, workers: int | None = WORKERS) -> Path:
+    """A copy of the catalog under ``tmp`` with this checkout's backends and models linked in.
+
+    ``workers``: each engine's worker pool on this machine's clusters (None: the profiles'
+    16). A pool starts them all at once, each an interpreter of its own (about 0.75 s of
+    CPU): 16 hold this machine's 2 cores for seconds beside the model's cold start, and more
+    on a loaded machine, while a task's worker only waits for the node runtime's answer;
+    warm requests ride the server's connection, not a worker. (The node runtime's own
+    concurrent first calls: tests/runtime/test_servers_e2e.py, 16 at once.)
+    """
     root = tmp / "root"
     for folder in ("endpoints", "config", "templates"):
         shutil.copytree(ROOT / folder, root / folder)
     (root / ".state").mkdir()
     os.symlink(ROOT / ".venvs", root / ".venvs")
     os.symlink(ROOT / ".state" / "models", root / ".state" / "models")
+    if workers is not None:
+        for cluster in ("local", "local-slurm"):
+            profile = root / "config" / "clusters" / f"{cluster}.yaml"
+            text = profile.read_text()
+            assert text.count("\n  max_workers_per_node: 16\n") == 1, profile
+            profile.write_text(
+                text.replace(
+                    "\n  max_workers_per_node: 16\n", f"\n  max_workers_per_node: {workers}\n"
+                )
+            )
     return root
 
 

@@ -5,6 +5,12 @@ checks about the processes in it.
 /30; commands run inside through ``command_prefix`` under the namespace's own hostname.
 Needs root: ``ip netns``, ``ip link``, ``unshare`` and ``nsenter``. The local cluster
 deployed into one is tests/remote_node.py.
+
+As a site's node does, the namespace resolves its own hostname (to its address) without a
+name server: ``ip netns exec`` mounts /etc/netns/<name>/hosts and resolv.conf over /etc's
+for what runs inside. Without them a lookup of the hostname (Gloo's, as vLLM starts) waits
+on the host's name server, which a namespace with a default route reaches but gets no answer
+from: 10 s a lookup, minutes a vLLM start.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +33,7 @@ from pathlib import Path
 # Interface names are at most IFNAMSIZ - 1 = 15 bytes: "bn-" + tag + "-r".
 _TAG = re.compile(r"^[a-z0-9]{1,10}$")
 _SUBNETS = 256  # 10.231.<n>.0/30, n picked from the tag
+_NETNS_ETC = Path("/etc/netns")  # per-namespace /etc files, as `ip netns exec` mounts them
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,20 @@ def _remove(namespace: NetworkNamespace) -> None:
         _ip("link", "del", namespace.root_veth)  # its peer goes with it
     if Path(f"/run/netns/{namespace.name}").exists():
         _ip("netns", "del", namespace.name)
+    shutil.rmtree(_NETNS_ETC / namespace.name, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another namespace's files may still be there
+        _NETNS_ETC.rmdir()
+
+
+def _write_etc(namespace: NetworkNamespace) -> None:
+    """The namespace's own /etc/hosts (its hostname at its address) and resolv.conf (a name
+    server on its own loopback, where none listens: a lookup fails at once)."""
+    etc = _NETNS_ETC / namespace.name
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "hosts").write_text(
+        f"127.0.0.1 localhost\n::1 localhost\n{namespace.node_ip} {namespace.hostname}\n"
+    )
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
 
 
 @contextlib.contextmanager
@@ -148,6 +170,7 @@ def network_namespace(tag: str) -> Iterator[NetworkNamespace]:
         _ip(*inside, "addr", "add", f"{namespace.node_ip}/30", "dev", namespace.node_veth)
         _ip(*inside, "link", "set", namespace.node_veth, "up")
         _ip(*inside, "link", "set", "lo", "up")
+        _write_etc(namespace)
         yield namespace
     finally:
         _remove(namespace)

@@ -3,7 +3,7 @@ and a batch paused (mid-file or before it starts), then resumed.
 
 The server is a stdlib HTTP server behind a stand-in ``use_server`` (each call after a death
 starts a new one), so these run in a second; the real vLLM path is
-tests/router/batches/test_batch_server_e2e.py.
+tests/router/batches/test_batches_own_server_e2e.py.
 """
 
 from __future__ import annotations

@@ -86,8 +86,8 @@ def test_a_batch_server_is_its_own_and_stops_once_all_its_jobs_are_gone(
 ) -> None:
     interactive = _state(chat_spec)
     assert interactive is not None
-    # 120 s idle: the watchdog looks every 12 s, and idleness stops nothing in this test
-    batch_spec = {**chat_spec, "role": "batch", "idle_timeout_s": 120}
+    # 60 s idle: the watchdog looks every 6 s, and idleness stops nothing in this test
+    batch_spec = {**chat_spec, "role": "batch", "idle_timeout_s": 60}
     try:
         first = jobs.run(batch_spec, chat(chat_spec["name"], "batch one"))
         second = jobs.run(batch_spec, chat(chat_spec["name"], "batch two"))

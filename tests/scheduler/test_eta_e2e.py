@@ -19,7 +19,8 @@ from node_runtime.jobs import list_jobs
 
 from tests.waiting import wait_until
 
-# The first test includes the local Slurm's start; the backfill pass comes every 30 s.
+# The first test includes the local Slurm's start; its backfill pass comes every 2 s
+# (scripts/local-slurm.sh's bf_interval).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ENDPOINT = f"local-eta{os.getpid()}"  # test sessions at once share the local Slurm

@@ -2,7 +2,8 @@
 
 The router is the session's shared one (tests/conftest.py ``batch_router``): its batch job
 and server may be warm from another batch module; this module's batch files, ids and users
-are its own.
+are its own. Its last test runs a batch on that router's job (the restart test before it
+runs its own routers' jobs), which test_batches_own_server_e2e.py, next, then finds warm.
 """
 
 from __future__ import annotations
@@ -173,24 +174,6 @@ def test_bad_batches_are_refused_before_they_run(router: RunningRouter, root: Pa
     assert MINILM in caught.value.message and "does not take batches" in caught.value.message
 
 
-def test_cancel_mid_run_keeps_the_finished_lines(router: RunningRouter, root: Path) -> None:
-    source = write_batch(root, "long.jsonl", [request_line(n) for n in range(5000)])
-    created = httpx.post(
-        router.url + GUIDE,
-        headers=headers(router),
-        json={"model": TINY, "input_file": str(source)},
-    ).json()
-    url = f"/v1/batches/{created['id']}"
-    wait_until(router, url, lambda b: b["request_counts"]["completed"] > 0, COLD_S)
-    cancelling = httpx.post(router.url + url + "/cancel", headers=headers(router)).json()
-    assert cancelling["status"] == "cancelling"
-    batch = wait_until(router, url, lambda b: b["status"] == "cancelled", 120)
-    kept = [json.loads(x) for x in Path(batch["output_file_path"]).read_text().splitlines()]
-    assert 0 < len(kept) < 5000
-    assert batch["request_counts"]["completed"] == len(kept)
-    assert len({x["custom_id"] for x in kept}) == len(kept)
-
-
 def test_router_restarted_mid_batch_resumes_it_without_answering_twice(
     router: RunningRouter, root: Path
 ) -> None:
@@ -222,3 +205,21 @@ def test_router_restarted_mid_batch_resumes_it_without_answering_twice(
     ids = [x["custom_id"] for x in lines]
     assert len(ids) == len(set(ids)) == total
     assert batch["request_counts"] == {"total": total, "completed": total, "failed": 0}
+
+
+def test_cancel_mid_run_keeps_the_finished_lines(router: RunningRouter, root: Path) -> None:
+    source = write_batch(root, "long.jsonl", [request_line(n) for n in range(5000)])
+    created = httpx.post(
+        router.url + GUIDE,
+        headers=headers(router),
+        json={"model": TINY, "input_file": str(source)},
+    ).json()
+    url = f"/v1/batches/{created['id']}"
+    wait_until(router, url, lambda b: b["request_counts"]["completed"] > 0, COLD_S)
+    cancelling = httpx.post(router.url + url + "/cancel", headers=headers(router)).json()
+    assert cancelling["status"] == "cancelling"
+    batch = wait_until(router, url, lambda b: b["status"] == "cancelled", 120)
+    kept = [json.loads(x) for x in Path(batch["output_file_path"]).read_text().splitlines()]
+    assert 0 < len(kept) < 5000
+    assert batch["request_counts"]["completed"] == len(kept)
+    assert len({x["custom_id"] for x in kept}) == len(kept)

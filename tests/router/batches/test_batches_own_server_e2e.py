@@ -3,7 +3,8 @@
 The tests run in order over the session's shared router (tests/conftest.py
 ``batch_router``): chat traffic and a batch with an alias in its lines; a batch whose server
 is SIGKILLed mid-file; then the batch's job ends, and the interactive server (same process)
-answers at once. The batch job and server may be warm from another batch module.
+answers at once. The batch job and server may be warm from another batch module: named to
+run after them (test_batch_safety_e2e.py, test_batches_e2e.py), it ends that job last.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from inference_bundle.config.catalog import load_catalog
 from inference_bundle.rendering.specs import server_spec
 from tests.e2e_router import TINY, RunningRouter
 
-# Two cold vLLM starts, a restart, and the batch job's idle end (60 s + the watchdog's round).
+# Two cold vLLM starts, a restart, and the batch job's idle end (30 s + the watchdog's round).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 ALIAS = "local/tiny-llama-previous"  # endpoints/local/tiny-chat.yaml
 COLD_S = 600
@@ -154,8 +155,9 @@ def test_a_batch_whose_server_is_killed_mid_file_answers_every_line_once(
 def test_the_batch_jobs_end_leaves_the_interactive_server_warm(
     router: RunningRouter, interactive: ServerState, servers: Callable[[str], Any]
 ) -> None:
-    # The batch twin's block ends once idle (the profile's batch_idle_timeout_s, 60 s); the
-    # batch server's watchdog then finds every anchor gone (a round is at most 30 s).
+    # The batch twin's block ends once idle (batch_idle_timeout_s: the shared root's
+    # BATCH_IDLE_S, 30 s); the batch server's watchdog then finds every anchor gone (a round
+    # is at most 30 s).
     deadline = time.monotonic() + 300
     while servers("batch") is not None:
         assert time.monotonic() < deadline, "the batch server outlived its job"

@@ -3,7 +3,8 @@
 The router runs here, in the root namespace; the endpoint's worker pools, and so the model
 servers they start, run in netns ``bundle-rnode`` under hostname ``node-rnode``, joined by a
 veth pair (tests/remote_node.py). The node reaches the router and the engine's interchange;
-the router's host cannot reach the model servers.
+the router's host cannot reach the model servers. MiniLM starts in the background while the
+first tests wait for the tiny vLLM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteNode]:
         tmp_path_factory.mktemp("remote-node"), TAG, extra_settings=dial_where_it_listens
     )
     running = next(deployment)
-    yield running
+    with ThreadPoolExecutor(1) as pool:
+        minilm = pool.submit(
+            post, running.router.url, running.router.key, EMBEDDINGS, embedding(MINILM)
+        )
+        yield running
+        minilm.exception(timeout=600)  # its tests waited for it, or it ends before the teardown
     pids = running.namespace.pids()
     deployment.close()  # its teardown: the router, the node's servers, the namespace
     # At the end nothing of the node is left.

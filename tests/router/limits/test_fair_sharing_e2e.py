@@ -2,7 +2,9 @@
 
 Two router processes (``east`` and ``west``) share one PostgreSQL database, one keys file
 and one scratch root, so they share the node runtime's tiny-model server (each gets its
-own connection to it once one of its own tasks reached it). The module starts them once;
+own connection to it once one of its own tasks reached it). The root is the session's shared
+one (tests/conftest.py ``e2e_root``), whose tiny-model server is warm by now when the shared
+router's modules ran first; its batch server is this module's. The module starts them once;
 its tests run in order: a burst against a requests-per-second limit split across both,
 nginx in front of both, the database going down and coming back, and last, one router
 stopped mid-batch while the other finishes the batch.
@@ -26,7 +28,6 @@ from tests.dataplane_e2e import wait_connected
 from tests.e2e_router import (
     TINY,
     RunningRouter,
-    scratch_root,
     start_router,
     stop_router,
     stop_servers,
@@ -46,10 +47,10 @@ TAKEOVER_S = 300
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = scratch_root(tmp_path_factory.mktemp("fair-sharing"))
-    yield root
-    stop_servers(root)
+def root(e2e_root: Path) -> Iterator[Path]:
+    """The shared root; the batch server the last test starts stops after the module."""
+    yield e2e_root
+    stop_servers(e2e_root, roles=("batch",))
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +142,9 @@ def test_a_burst_split_across_two_routers_gets_exactly_the_limit(
     routers: tuple[RunningRouter, RunningRouter],
 ) -> None:
     east, west = routers
-    # Warm: the first request starts the model's server (through east's task); west's
-    # first reaches the same server through its own task.
+    # Warm: the first request reaches the model's server through east's task (starting it
+    # if the shared root's is not running yet); west's first reaches the same server through
+    # its own task.
     for router in routers:
         answer = post_chat(router.url, router.key, "warm up")
         assert answer.status_code == 200, answer.text
