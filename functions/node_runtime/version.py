@@ -10,5 +10,6 @@ this module, which imports nothing."""
 # server's own load, sent with each heartbeat): the router
 # checks it on every call, and a deploy installs the runtime into a site's environment only
 # when this differs. A patch release changes only what the node does (0.9.1: a server's scratch
-# folder goes when it ends however it ends).
-__version__ = "0.9.1"
+# folder goes when it ends however it ends; 0.9.2: a server whose engine died hangs up
+# instead of answering 500s).
+__version__ = "0.9.2"

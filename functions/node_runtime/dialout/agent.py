@@ -12,6 +12,13 @@ A router that refuses the credential (HTTP 401 or 403 at the handshake) is not d
 until the file gives its URL a new one; one that cannot be reached is dialled again with a
 backoff. Requests of every connection run at once, against the one application, and share
 the server's in-flight marker.
+
+A server whose engine has died (vLLM answers 500 to every request, and 503 on ``/health``,
+until its process ends) must not answer for the routers: an answer that would begin with a
+5xx waits for the server's health check, and if that fails too the answer is withheld and
+the agent hangs up on every router for good. Each router then sends the requests that had
+no answer yet to another server (the line closed before their answers began), as it does
+when a node goes away.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from ..version import __version__
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
 from .link import Link, Stream
 from .node_key import make_node_key
-from .server_load import METRICS_PATH, read_load
+from .server_load import HEALTH_PATH, METRICS_PATH, read_load, server_down
 
 __all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
 
@@ -62,6 +69,7 @@ class Agent:
         self._links: dict[str, Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._down = False  # the server's health check failed: it answers no more
         self._in_flight = 0
         self._marker: IO[str] | None = None
         # Proves this server at each handshake; only its digest is on disk (node_key).
@@ -118,6 +126,20 @@ class Agent:
         head = wire.RequestHead("GET", METRICS_PATH, 0, wire.STREAM_WINDOW, "text/plain")
         return await read_load(self.app, self._scope(head))
 
+    async def is_down(self) -> bool:
+        """Whether the server cannot serve (its health check answers 5xx); once it is, the
+        agent hangs up on every router and stays down."""
+        if not self._down:
+            head = wire.RequestHead("GET", HEALTH_PATH, 0, wire.STREAM_WINDOW, "text/plain")
+            if await server_down(self.app, self._scope(head)) and not self._down:
+                self._down = True  # once: other answers may have asked meanwhile
+                log.error(
+                    "dialout: the server failed an answer and its health check: hanging up; "
+                    "the routers send what it has not answered elsewhere"
+                )
+                await self.stop()
+        return self._down
+
     def headers(self, dial: Dial) -> list[tuple[str, str]]:
         """The handshake's headers for ``dial``."""
         return [
@@ -167,6 +189,7 @@ class Agent:
         span = None if head.trace is None else self._traced(head)
         status: int | None = None
         failure: str | None = None
+        withheld = False  # a failed answer of a server that is down: the router resends it
         try:
 
             async def receive() -> Message:
@@ -176,9 +199,14 @@ class Agent:
                 return {"type": "http.disconnect"}
 
             async def send(message: Message) -> None:
+                nonlocal status, withheld
                 kind = message["type"]
+                if withheld:
+                    return
                 if kind == "http.response.start":
-                    nonlocal status
+                    if message["status"] >= 500 and await self.is_down():
+                        withheld = True
+                        return
                     stream.started, status = True, message["status"]
                     await self._send(
                         connection,
@@ -196,7 +224,9 @@ class Agent:
         except Exception as exc:
             log.exception("dialout: request %s failed in the server", stream_id)
             failure = repr(exc)
-            if stream.started:
+            if withheld or (not stream.started and await self.is_down()):
+                pass  # the line is closed: the router sends the request elsewhere
+            elif stream.started:
                 record = wire.pack(wire.FAIL, stream_id, repr(exc).encode())
                 await self._send(connection, stream, record)
             else:
