@@ -8,9 +8,10 @@ server in the ``traceparent`` header, so that vLLM's spans, when its operator tu
 tracing on (``--otlp-traces-endpoint``), join the same trace beneath it.
 
 Optional and cheap when off: a request without ``trace`` makes nothing, and OpenTelemetry is
-imported only for the first traced request. An environment without it (the runtime itself
-is standard library only) makes no span of its own and passes the router's traceparent on
-as it came. Prompts and answers never go into a span.
+imported only for the first traced request. On, the span is a few plain fields on the
+request's path, exported by a thread of its own (``span_shipper``). An environment without
+OpenTelemetry (the runtime itself is standard library only) makes no span of its own and
+passes the router's traceparent on as it came. Prompts and answers never go into a span.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .span_shipper import Shipper, Span
+
 TRACE_KEY = "trace"
 SERVICE_NAME = "inference-node"
 # Each router names its collector: a few at most. Past this many, the oldest is let go.
 _MAX_EXPORTERS = 8
-_FLUSH_MS = 2000
 
 log = logging.getLogger("node_runtime.tracing")
 _lock = threading.Lock()
-_tracers: dict[str, Any] = {}  # export_to -> (provider, tracer), or None: none can be made
+_shippers: dict[str, Shipper | None] = {}  # export_to -> its shipper; None: none can be made
 _missing_said = False
 
 
@@ -74,38 +76,41 @@ class NodeSpan:
 
     def __init__(self, name: str, asked: TraceRequest, attributes: Mapping[str, Any]) -> None:
         self.headers = asked.headers()
-        self._span: Any = None
-        tracer = _tracer(asked.export_to)
-        if tracer is None:
+        self._span: Span | None = None
+        shipper = _shipper(asked.export_to)
+        if shipper is None:
             return
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        propagator = TraceContextTextMapPropagator()
-        parent = propagator.extract(self.headers)
-        self._span = tracer.start_span(
-            name, context=parent, kind=trace.SpanKind.SERVER, attributes=dict(attributes)
+        context = TraceContextTextMapPropagator().extract(self.headers)
+        parent = trace.get_current_span(context).get_span_context()
+        if not (parent.is_valid and parent.trace_flags.sampled):
+            return  # sampled as the router decided: a node never starts a trace of its own
+        self._span = Span(
+            shipper,
+            name,
+            parent.trace_id,
+            parent.span_id,
+            dict(attributes),
+            remote=True,
+            server=True,
         )
-        passed_on: dict[str, str] = {}
-        propagator.inject(passed_on, context=trace.set_span_in_context(self._span))
-        if passed_on.get("traceparent"):
-            self.headers = passed_on
+        self.headers = {**self.headers, "traceparent": self._span.traceparent}
 
     def set(self, **attributes: Any) -> None:
         """Attributes learnt along the way (a status, whether a server started)."""
         if self._span is not None:
-            self._span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+            self._span.attributes.update({k: v for k, v in attributes.items() if v is not None})
 
     def end(self, status: int | None = None, error: str | None = None) -> None:
         """End the span: an answer's status (5xx, or ``error``, marks it failed)."""
         if self._span is None:
             return
-        from opentelemetry.trace import Status, StatusCode
-
         if status is not None:
             self._span.set_attribute("http.response.status_code", status)
         if error is not None or (status is not None and status >= 500):
-            self._span.set_status(Status(StatusCode.ERROR, error))
+            self._span.fail(error)
         self._span.end()
         self._span = None
 
@@ -120,51 +125,39 @@ def begin(name: str, asked: TraceRequest | None, **attributes: Any) -> NodeSpan 
 def flush() -> None:
     """Send the spans made so far (a task's end: its worker may not live to send them)."""
     with _lock:
-        made = [entry for entry in _tracers.values() if entry is not None]
-    for provider, _ in made:
-        provider.force_flush(_FLUSH_MS)
+        made = [shipper for shipper in _shippers.values() if shipper is not None]
+    for shipper in made:
+        shipper.ship()
 
 
-def _tracer(export_to: str) -> Any:
-    """The tracer that exports to ``export_to``, made on first use; None without
+def _shipper(export_to: str) -> Shipper | None:
+    """The shipper that exports to ``export_to``, made on first use; None without
     OpenTelemetry."""
     global _missing_said
     with _lock:
-        if export_to in _tracers:
-            entry = _tracers[export_to]
-            return None if entry is None else entry[1]
-        if len(_tracers) >= _MAX_EXPORTERS:
-            oldest = _tracers.pop(next(iter(_tracers)))
+        if export_to in _shippers:
+            return _shippers[export_to]
+        if len(_shippers) >= _MAX_EXPORTERS:
+            oldest = _shippers.pop(next(iter(_shippers)))
             if oldest is not None:  # its last spans go out beside the request, not in it
-                threading.Thread(target=oldest[0].shutdown, daemon=True).start()
+                threading.Thread(target=oldest.close, daemon=True).start()
+        made: Shipper | None = None
         try:
-            entry = _made(export_to)
+            made = _made(export_to)
         except ImportError as err:
             if not _missing_said:
                 log.warning("tracing: OpenTelemetry is missing (%s); no node spans", err)
                 _missing_said = True
-            entry = None
-        _tracers[export_to] = entry
-        return None if entry is None else entry[1]
+        _shippers[export_to] = made
+        return made
 
 
-def _made(export_to: str) -> tuple[Any, Any]:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-
+def _made(export_to: str) -> Shipper:
     from .version import __version__
 
-    resource = Resource.create(
-        {
-            "service.name": SERVICE_NAME,
-            "service.version": __version__,
-            "host.name": socket.gethostname(),
-        }
-    )
-    # Sampled as the router decided: a node never starts a trace of its own.
-    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=export_to)))
-    return provider, provider.get_tracer("node_runtime")
+    resource = {
+        "service.name": SERVICE_NAME,
+        "service.version": __version__,
+        "host.name": socket.gethostname(),
+    }
+    return Shipper(export_to, resource, "node_runtime")

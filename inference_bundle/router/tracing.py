@@ -15,6 +15,11 @@ The request's trace is current in its task and the tasks it starts (a context va
 the data plane and the dispatcher find it there without being handed it. Span attributes
 name the request (its id, operation, model, cluster, path, server, status), never a prompt,
 an answer or a caller.
+
+On the request's path a span is a few plain fields, exported by a thread of its own
+(``node_runtime.span_shipper``: the SDK's own spans cost tens of microseconds each on the
+request's path). The SDK still decides sampling (``ParentBased(TraceIdRatioBased)``), makes
+the ids, reads the client's ``traceparent``, and encodes and posts the spans.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from node_runtime.span_shipper import Shipper, Span
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from inference_bundle.config.tracing_settings import TracingSettings
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 __all__ = [
     "RequestTrace",
@@ -49,39 +55,47 @@ __all__ = [
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CURRENT: ContextVar[RequestTrace | None] = ContextVar("router_request_trace", default=None)
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
-_FLUSH_MS = 5000
 
 
 class RequestTrace:
     """One request's trace: its root span, and the children of its steps."""
 
-    def __init__(self, tracer: trace.Tracer, root: Span, export_to: str) -> None:
-        self.tracer = tracer
-        self.root = root
-        self.export_to = export_to
+    def __init__(self, shipper: Shipper, operation: str, parent: SpanContext | None = None) -> None:
+        self.shipper = shipper
+        self.export_to = shipper.export_to
+        if parent is None:
+            self.root = Span(shipper, "request", shipper.new_trace_id(), None, {}, server=True)
+            self.tracestate = ""
+        else:  # the client's span
+            self.root = Span(
+                shipper, "request", parent.trace_id, parent.span_id, {}, remote=True, server=True
+            )
+            self.tracestate = parent.trace_state.to_header()
+        self.root.attributes["operation"] = operation
         self.ended = False
-        self._context = trace.set_span_in_context(root)
 
     def start(self, name: str, **attributes: Any) -> Span:
         """A child of the root, ended by its caller."""
-        return self.tracer.start_span(name, context=self._context, attributes=attributes)
+        root = self.root
+        return Span(self.shipper, name, root.trace_id, root.span_id, attributes)
 
     @contextlib.contextmanager
     def child(self, name: str, **attributes: Any) -> Iterator[Span]:
         """A child of the root for the ``with`` block; an error leaving it marks it failed."""
-        span = self.start(name, **attributes)
+        step = self.start(name, **attributes)
         try:
-            yield span
+            yield step
         except BaseException as err:
-            failed(span, err)
+            failed(step, err)
             raise
         finally:
-            span.end()
+            step.end()
 
-    def carried(self, span: Span) -> dict[str, str]:
-        """The ``trace`` that takes ``span``'s context to the node (``node_runtime.tracing``)."""
-        fields = {"export_to": self.export_to}
-        _PROPAGATOR.inject(fields, context=trace.set_span_in_context(span))
+    def carried(self, step: Span) -> dict[str, str]:
+        """The ``trace`` that takes ``step``'s context to the node (``node_runtime.tracing``)."""
+        fields = {"export_to": self.export_to, "traceparent": step.traceparent}
+        if self.tracestate:
+            fields["tracestate"] = self.tracestate
         return fields
 
     def end(self, status: int, **attributes: Any) -> None:
@@ -89,55 +103,61 @@ class RequestTrace:
         if self.ended:
             return
         self.ended = True
-        self.root.set_attributes({k: v for k, v in attributes.items() if v is not None})
+        self.root.attributes.update({k: v for k, v in attributes.items() if v is not None})
         ended(self.root, status)
 
 
 class Tracing:
-    """The router's tracer, from its settings; off when no collector is named."""
+    """The router's traces, from its settings; off when no collector is named."""
 
     def __init__(self, settings: TracingSettings | None = None) -> None:
         settings = settings or TracingSettings()
         self.export_to = settings.traces_url()
-        self._provider: TracerProvider | None = None
-        self._tracer: trace.Tracer | None = None
+        self._shipper: Shipper | None = None
+        self._sampler: Sampler | None = None
         if self.export_to is not None:
-            self._provider = _provider(settings, self.export_to)
-            self._tracer = self._provider.get_tracer("inference_bundle.router")
+            # The SDK and its exporter load only when traces are on.
+            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+            self._sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+            resource = {"service.name": settings.service_name}
+            self._shipper = Shipper(self.export_to, resource, "inference_bundle.router")
 
     @property
     def enabled(self) -> bool:
-        return self._tracer is not None
+        return self._shipper is not None
 
     def begin(self, operation: str, headers: Mapping[str, str]) -> RequestTrace | None:
         """A request's trace, current from now on in its task; None when tracing is off or
         the request is not sampled (then it makes no span, here or on its node)."""
-        if self._tracer is None or self.export_to is None:
+        shipper, sampler = self._shipper, self._sampler
+        if shipper is None or sampler is None:
             if _CURRENT.get() is not None:  # another router's, in a test's one task
                 _CURRENT.set(None)
             return None
-        root = self._tracer.start_span(
-            "request",
-            context=_PROPAGATOR.extract(headers),  # the client's traceparent, if any
-            kind=SpanKind.SERVER,
-            attributes={"operation": operation},
-        )
-        if not root.is_recording():
+        parent, context = None, None
+        if "traceparent" in headers:  # the client's span, if its header parses
+            context = _PROPAGATOR.extract(headers)
+            found = trace.get_current_span(context).get_span_context()
+            parent = found if found.is_valid else None
+        request_trace = RequestTrace(shipper, operation, parent)
+        trace_id = request_trace.root.trace_id
+        decided = sampler.should_sample(context, trace_id, "request", SpanKind.SERVER)
+        if not decided.decision.is_sampled():  # type: ignore[no-untyped-call]
             _CURRENT.set(None)
             return None
-        request_trace = RequestTrace(self._tracer, root, self.export_to)
         _CURRENT.set(request_trace)
         return request_trace
 
     def flush(self) -> None:
-        """Send every span ended so far (tests; the exporter sends them in batches)."""
-        if self._provider is not None:
-            self._provider.force_flush(_FLUSH_MS)
+        """Send every span ended so far (tests; the shipping thread sends them each second)."""
+        if self._shipper is not None:
+            self._shipper.ship()
 
     def shutdown(self) -> None:
         """Send what is left and stop the exporter."""
-        if self._provider is not None:
-            self._provider.shutdown()
+        if self._shipper is not None:
+            self._shipper.close()
 
 
 def current() -> RequestTrace | None:
@@ -185,7 +205,7 @@ def ended(span: Span, status: int | None = None, why: str | None = None) -> None
     if status is not None:
         span.set_attribute("http.response.status_code", status)
     if why is not None or (status is not None and status >= 500):
-        span.set_status(Status(StatusCode.ERROR, why))
+        span.fail(why)
     span.end()
 
 
@@ -196,7 +216,7 @@ def failed(span: Span, err: BaseException) -> None:
     if status is not None:
         span.set_attribute("http.response.status_code", status)
     if status is None or status >= 500:
-        span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+        span.fail(type(err).__name__)
     code = getattr(err, "code", None)
     if isinstance(code, str):
         span.set_attribute("error.code", code)
@@ -215,19 +235,3 @@ def _task_ended(task_span: Span, done: Future[Any]) -> None:
     result = done.result()
     status = result.get("status") if isinstance(result, dict) else None
     ended(task_span, status if isinstance(status, int) else None)
-
-
-def _provider(settings: TracingSettings, export_to: str) -> TracerProvider:
-    # The SDK and its exporter load only when traces are on.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": settings.service_name}),
-        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
-    )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=export_to)))
-    return provider

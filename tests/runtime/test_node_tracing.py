@@ -85,7 +85,7 @@ def test_without_opentelemetry_the_routers_traceparent_passes_on_as_it_came(
         raise ImportError("No module named 'opentelemetry'")
 
     monkeypatch.setattr(tracing, "_made", missing)
-    monkeypatch.setattr(tracing, "_tracers", {})
+    monkeypatch.setattr(tracing, "_shippers", {})
     spec = vllm_spec("tiny-bare", tmp_path, require=False)
     asked = {"traceparent": TRACEPARENT, "export_to": f"{receiver.url}/v1/traces"}
     assert proxy.handle(spec, {**CHAT, "trace": asked})["status"] == 200

@@ -10,6 +10,7 @@ vLLM would read the traceparent that puts its own spans under the node's).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from node_runtime import proxy
 from node_runtime import tracing as node_tracing
 
+from inference_bundle.router.tracing import span as tracing_span
 from tests.otlp_receiver import (
     OTLPReceiver,
     ReceivedSpan,
@@ -148,6 +150,30 @@ async def test_a_warm_request_is_one_trace_with_the_nodes_span_under_its_relay(
     [seen] = node.model.headers
     assert parent_in(seen["traceparent"]) == (root.trace_id, node_span.span_id)
     no_prompt_in(spans)
+
+
+async def test_spans_go_out_each_second_without_a_flush(
+    tracing_harness: Callable[..., Harness], receiver: OTLPReceiver
+) -> None:
+    """Requests make their spans as plain fields; the shipping thread exports them (as the
+    SDK's spans, kind and status included) without anyone asking."""
+    tracing = tracing_harness().service.tracing
+    began = time.monotonic()
+    for status in (200, 503):
+        request_trace = tracing.begin("/v1/chat/completions", {})
+        assert request_trace is not None
+        with tracing_span("check", request_trace):
+            pass
+        request_trace.end(status, model="m")
+    spans = await until(lambda: receiver.spans if len(receiver.spans) == 4 else None, "4 spans")
+    assert time.monotonic() - began < 5
+    roots = [s for s in spans if s.name == "request"]
+    assert sorted(r.attributes["http.response.status_code"] for r in roots) == [200, 503]
+    assert {r.attributes["http.response.status_code"]: r.error for r in roots} == {
+        200: False,
+        503: True,  # a 5xx: its status is ERROR
+    }
+    assert {s.parent_id for s in spans if s.name == "check"} == {r.span_id for r in roots}
 
 
 async def test_a_stream_is_one_trace_that_ends_with_the_stream(
