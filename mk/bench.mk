@@ -53,9 +53,12 @@ bench-batch: $(BENCH_STAMP) vllm-venv local-models venv
 # The streaming benchmark (bench/streaming.py): vLLM's own benchmark client, run in the vLLM
 # venv, through the router against direct vLLM (median TTFT and inter-token latency).
 # BENCH_ARGS='--peer vllm-router' measures vllm-router beside them (`make bench-peers` first).
-.PHONY: bench-streaming
+.PHONY: bench-streaming bench-streaming-remote
 bench-streaming: vllm-venv local-models venv
 	$(BIN)/python bench/streaming.py $(BENCH_ARGS)
+# bench-streaming-remote: vLLM on a namespaced remote node (root; bench/streaming.py --remote).
+bench-streaming-remote: vllm-venv local-models venv
+	$(BIN)/python bench/streaming.py --remote $(BENCH_ARGS)
 
 # The limiter benchmark (bench/limiter_overhead.py): routers with limits OFF and ON side by
 # side on one vLLM server, on SQLite and then on a PostgreSQL server started for the run.
