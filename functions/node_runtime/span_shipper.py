@@ -1,12 +1,14 @@
-"""Spans made cheaply on a request's path, exported by a thread of their own.
+"""Spans made cheaply on a request's path, exported by a process of their own.
 
 OpenTelemetry's SDK makes a span in tens of microseconds (its attribute checks, locks and
-span processors) and ends it in as many again: the router's eight spans a request added
-about 0.22 ms to it. Here a span is a few plain fields while the request runs
-(``Span``); ended, it waits in a bounded queue, and the ``Shipper``'s thread makes it the
-SDK's ``ReadableSpan`` once a second and hands a batch to the SDK's OTLP/HTTP exporter. The
-SDK still makes the ids and encodes and posts the spans; ``traceparent`` is read and written
-by its propagator (``node_runtime.tracing``, ``router.tracing``).
+span processors) and ends it in as many again, and encoding it costs as much: the router's
+eight spans a request added about 0.22 ms to it. Here a span is a few plain fields while the
+request runs (``Span``); ended, it waits in a bounded queue, and once a second the
+``Shipper``'s thread pickles what ended down a pipe to its export process
+(``span_export``), which makes each the SDK's ``ReadableSpan`` and hands batches to the SDK's
+OTLP/HTTP exporter. Encoding there keeps it off this process's interpreter lock, which a
+thread here would hold while the requests wait. The SDK still makes the ids and encodes and
+posts the spans; ``traceparent`` is read and written by its propagator.
 
 Used by the router (``inference_bundle.router.tracing``) and by the node
 (``node_runtime.tracing``) alike. Standard library only until a ``Shipper`` is made, which
@@ -15,18 +17,24 @@ imports the SDK: an environment without OpenTelemetry never makes one.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from .span_export import FLUSHED, frame
+
 __all__ = ["Shipper", "Span"]
 
 log = logging.getLogger("node_runtime.span_shipper")
-SHIP_S = 1.0  # how often the thread exports what ended
-_BATCH = 512  # spans an export at most (the SDK's batch processor's default)
+SHIP_S = 1.0  # how often the thread sends what ended to the export process
 _QUEUE = 16_384  # ended spans kept at most; past it the oldest are dropped
 
 
@@ -80,7 +88,24 @@ class Span:
         """End the span (once) and queue it for export."""
         if self.end_ns is None:
             self.end_ns = time.time_ns()
-            self.shipper.queue.append(self)
+            # A tuple of plain values, which the garbage collector stops tracking: spans
+            # waiting for the next round add nothing to its collections of old objects.
+            self.shipper.queue.append(self.fields())
+
+    def fields(self) -> tuple[Any, ...]:
+        """What the export process makes the SDK's span of (``span_export``)."""
+        return (
+            self.name,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.remote,
+            self.server,
+            self.attributes,  # None values are left out by the export process
+            self.error,
+            self.start_ns,
+            self.end_ns,
+        )
 
     @property
     def traceparent(self) -> str:
@@ -89,68 +114,94 @@ class Span:
 
 
 class Shipper:
-    """Ended spans of one service, exported to ``export_to`` (OTLP/HTTP) by a thread."""
+    """Ended spans of one service, sent once a second by a thread to an export process
+    that posts them to ``export_to`` (OTLP/HTTP)."""
 
     def __init__(self, export_to: str, resource: Mapping[str, str], scope: str) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
+        # ImportError here, without OpenTelemetry: no shipper, no process.
         from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.export_to = export_to
-        self.queue: deque[Span] = deque(maxlen=_QUEUE)  # appends are atomic: no lock
+        # Ended spans' fields (``Span.fields``); appends are atomic: no lock.
+        self.queue: deque[tuple[Any, ...]] = deque(maxlen=_QUEUE)
         ids = RandomIdGenerator()
         self.new_trace_id = ids.generate_trace_id
         self.new_span_id = ids.generate_span_id
-        self._resource = Resource.create(dict(resource))
-        self._scope = InstrumentationScope(scope)
-        self._exporter = OTLPSpanExporter(endpoint=export_to)
-        self._lock = threading.Lock()  # one export at a time: the thread's or a flush
+        self._argv = [
+            sys.executable,
+            "-m",
+            "node_runtime.span_export",
+            export_to,
+            json.dumps(dict(resource)),
+            scope,
+        ]
+        self._child: subprocess.Popen[bytes] | None = None
+        self._process()  # it imports the SDK while the first spans are made
+        self._lock = threading.Lock()  # one sender at a time: the thread's or a flush
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="span-shipper", daemon=True)
         self._thread.start()
 
-    def ship(self) -> None:
-        """Export every span ended so far, in batches."""
-        with self._lock:
+    def ship(self, wait_s: float = 0.0) -> None:
+        """Send every span ended so far to the export process; ``wait_s``: and wait at most
+        that long for it to have exported them (tests, and a task's end: its worker may not
+        live long). A collector that is down holds up no more than that."""
+        wait = wait_s > 0
+        if not self._lock.acquire(timeout=wait_s if wait else -1):
+            log.warning("traces: spans still on their way to the collector after %.0f s", wait_s)
+            return
+        try:
+            spans = []
             while self.queue:
-                batch: list[Any] = []
-                while self.queue and len(batch) < _BATCH:
-                    batch.append(self._readable(self.queue.popleft()))
-                try:
-                    self._exporter.export(batch)
-                except Exception:  # a collector that fails loses its batch, never a request
-                    log.exception("traces: an export failed; %d spans dropped", len(batch))
+                spans.append(self.queue.popleft())
+            if not spans and (not wait or self._child is None):
+                return  # nothing to send, or to wait for
+            child = self._process()
+            if child is None or child.stdin is None or child.stdout is None:
+                return
+            try:
+                if spans:
+                    child.stdin.write(frame(("spans", spans)))
+                if wait:
+                    child.stdin.write(frame(("flush",)))
+                child.stdin.flush()
+                if wait:
+                    ready, _, _ = select.select([child.stdout], [], [], wait_s)
+                    if not ready or os.read(child.stdout.fileno(), 1) != FLUSHED:
+                        log.warning("traces: the export process did not answer a flush")
+            except OSError as err:  # it died: the next round starts another
+                log.warning(
+                    "traces: the export process is gone (%r); %d spans lost", err, len(spans)
+                )
+        finally:
+            self._lock.release()
 
-    def close(self) -> None:
-        """Export what is left and stop."""
+    def close(self, wait_s: float = 10.0) -> None:
+        """Export what is left (waiting at most ``wait_s`` for it) and stop."""
         self._closing.set()
-        self._thread.join(timeout=30)
-        self.ship()
-        self._exporter.shutdown()  # type: ignore[no-untyped-call]
+        self._thread.join(timeout=wait_s)
+        self.ship(wait_s)
+        child = self._child
+        if child is not None and child.stdin is not None:
+            try:
+                child.stdin.close()  # its end of input: it exports what is left, and exits
+                child.wait(timeout=wait_s)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        """The export process, started again if it died."""
+        if self._child is not None and self._child.poll() is None:
+            return self._child
+        try:
+            self._child = subprocess.Popen(
+                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+            )
+        except OSError as err:
+            log.warning("traces: the export process could not start: %r", err)
+            self._child = None
+        return self._child
 
     def _run(self) -> None:
         while not self._closing.wait(SHIP_S):
             self.ship()
-
-    def _readable(self, span: Span) -> Any:
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-
-        sampled = TraceFlags(TraceFlags.SAMPLED)
-        parent = None
-        if span.parent_id is not None:
-            parent = SpanContext(span.trace_id, span.parent_id, span.remote, sampled)
-        status = Status() if span.error is None else Status(StatusCode.ERROR, span.error or None)
-        return ReadableSpan(
-            span.name,
-            context=SpanContext(span.trace_id, span.span_id, False, sampled),
-            parent=parent,
-            resource=self._resource,
-            attributes={k: v for k, v in span.attributes.items() if v is not None},
-            kind=SpanKind.SERVER if span.server else SpanKind.INTERNAL,
-            status=status,
-            start_time=span.start_ns,
-            end_time=span.end_ns,
-            instrumentation_scope=self._scope,
-        )

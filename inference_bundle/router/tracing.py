@@ -16,16 +16,17 @@ the data plane and the dispatcher find it there without being handed it. Span at
 name the request (its id, operation, model, cluster, path, server, status), never a prompt,
 an answer or a caller.
 
-On the request's path a span is a few plain fields, exported by a thread of its own
-(``node_runtime.span_shipper``: the SDK's own spans cost tens of microseconds each on the
-request's path). The SDK still decides sampling (``ParentBased(TraceIdRatioBased)``), makes
-the ids, reads the client's ``traceparent``, and encodes and posts the spans.
+On the request's path a span is a few plain fields, exported by a process of its own
+(``node_runtime.span_shipper``: the SDK's own spans cost tens of microseconds each to make,
+and as much to encode, under the router's interpreter lock). The SDK still decides sampling
+(``ParentBased(TraceIdRatioBased)``), makes the ids, reads the client's ``traceparent``, and
+encodes and posts the spans.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -55,20 +56,23 @@ __all__ = [
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CURRENT: ContextVar[RequestTrace | None] = ContextVar("router_request_trace", default=None)
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+_FLUSH_S = 10.0  # how long a flush waits for the spans to be exported
 
 
 class RequestTrace:
     """One request's trace: its root span, and the children of its steps."""
 
-    def __init__(self, shipper: Shipper, operation: str, parent: SpanContext | None = None) -> None:
+    def __init__(
+        self, shipper: Shipper, operation: str, trace_id: int, parent: SpanContext | None = None
+    ) -> None:
         self.shipper = shipper
         self.export_to = shipper.export_to
         if parent is None:
-            self.root = Span(shipper, "request", shipper.new_trace_id(), None, {}, server=True)
+            self.root = Span(shipper, "request", trace_id, None, {}, server=True)
             self.tracestate = ""
         else:  # the client's span
             self.root = Span(
-                shipper, "request", parent.trace_id, parent.span_id, {}, remote=True, server=True
+                shipper, "request", trace_id, parent.span_id, {}, remote=True, server=True
             )
             self.tracestate = parent.trace_state.to_header()
         self.root.attributes["operation"] = operation
@@ -79,17 +83,9 @@ class RequestTrace:
         root = self.root
         return Span(self.shipper, name, root.trace_id, root.span_id, attributes)
 
-    @contextlib.contextmanager
-    def child(self, name: str, **attributes: Any) -> Iterator[Span]:
+    def child(self, name: str, **attributes: Any) -> _Step:
         """A child of the root for the ``with`` block; an error leaving it marks it failed."""
-        step = self.start(name, **attributes)
-        try:
-            yield step
-        except BaseException as err:
-            failed(step, err)
-            raise
-        finally:
-            step.end()
+        return _Step(self.start(name, **attributes))
 
     def carried(self, step: Span) -> dict[str, str]:
         """The ``trace`` that takes ``step``'s context to the node (``node_runtime.tracing``)."""
@@ -107,6 +103,23 @@ class RequestTrace:
         ended(self.root, status)
 
 
+class _Step:
+    """A step's span as a context manager (a class: a generator-based one costs more)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
+        if err is not None:
+            failed(self.span, err)
+        self.span.end()
+
+
 class Tracing:
     """The router's traces, from its settings; off when no collector is named."""
 
@@ -115,11 +128,13 @@ class Tracing:
         self.export_to = settings.traces_url()
         self._shipper: Shipper | None = None
         self._sampler: Sampler | None = None
+        self._every = False
         if self.export_to is not None:
             # The SDK and its exporter load only when traces are on.
             from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
             self._sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+            self._every = settings.sample_ratio >= 1.0  # no client parent: always sampled
             resource = {"service.name": settings.service_name}
             self._shipper = Shipper(self.export_to, resource, "inference_bundle.router")
 
@@ -140,19 +155,20 @@ class Tracing:
             context = _PROPAGATOR.extract(headers)
             found = trace.get_current_span(context).get_span_context()
             parent = found if found.is_valid else None
-        request_trace = RequestTrace(shipper, operation, parent)
-        trace_id = request_trace.root.trace_id
-        decided = sampler.should_sample(context, trace_id, "request", SpanKind.SERVER)
-        if not decided.decision.is_sampled():  # type: ignore[no-untyped-call]
-            _CURRENT.set(None)
-            return None
+        trace_id = shipper.new_trace_id() if parent is None else parent.trace_id
+        if parent is not None or not self._every:
+            decided = sampler.should_sample(context, trace_id, "request", SpanKind.SERVER)
+            if not decided.decision.is_sampled():  # type: ignore[no-untyped-call]
+                _CURRENT.set(None)
+                return None
+        request_trace = RequestTrace(shipper, operation, trace_id, parent)
         _CURRENT.set(request_trace)
         return request_trace
 
     def flush(self) -> None:
-        """Send every span ended so far (tests; the shipping thread sends them each second)."""
+        """Export every span ended so far, and wait for it (tests; spans go out each second)."""
         if self._shipper is not None:
-            self._shipper.ship()
+            self._shipper.ship(_FLUSH_S)
 
     def shutdown(self) -> None:
         """Send what is left and stop the exporter."""

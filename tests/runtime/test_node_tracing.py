@@ -92,3 +92,18 @@ def test_without_opentelemetry_the_routers_traceparent_passes_on_as_it_came(
     [headers] = model_server
     assert headers["traceparent"] == TRACEPARENT
     assert receiver.posts == 0
+
+
+def test_the_routers_traceparent_is_read_only_when_whole_and_sampled() -> None:
+    assert tracing.sampled_parent(TRACEPARENT) == (int(ROUTER_TRACE, 16), int(ROUTER_SPAN, 16))
+    for unusable in (
+        f"00-{ROUTER_TRACE}-{ROUTER_SPAN}-00",  # not sampled
+        f"01-{ROUTER_TRACE}-{ROUTER_SPAN}-01",  # another version
+        f"00-{ROUTER_TRACE[1:]}-{ROUTER_SPAN}-01",
+        f"00-{'0' * 32}-{ROUTER_SPAN}-01",  # an invalid (zero) trace id
+        f"00-{ROUTER_TRACE}-{'0' * 16}-01",
+        f"00-{ROUTER_TRACE}-{'g' * 16}-01",
+        f"00-{ROUTER_TRACE}-{ROUTER_SPAN}-1",
+        "",
+    ):
+        assert tracing.sampled_parent(unusable) is None, unusable

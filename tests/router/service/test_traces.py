@@ -176,6 +176,31 @@ async def test_spans_go_out_each_second_without_a_flush(
     assert {s.parent_id for s in spans if s.name == "check"} == {r.span_id for r in roots}
 
 
+async def test_spans_outlive_their_export_process(
+    tracing_harness: Callable[..., Harness], receiver: OTLPReceiver
+) -> None:
+    """The spans are encoded and posted by a process of their own; if it dies, the next
+    round starts another, and only what was in flight to it is lost."""
+    tracing = tracing_harness().service.tracing
+
+    def one_request(status: int) -> None:
+        request_trace = tracing.begin("/v1/chat/completions", {})
+        assert request_trace is not None
+        request_trace.end(status)
+
+    one_request(200)
+    tracing.flush()
+    assert len(receiver.spans) == 1
+    shipper = tracing._shipper
+    assert shipper is not None and shipper._child is not None
+    shipper._child.kill()
+    shipper._child.wait()
+    one_request(201)
+    tracing.flush()
+    codes = sorted(s.attributes["http.response.status_code"] for s in receiver.spans)
+    assert codes == [200, 201]
+
+
 async def test_a_stream_is_one_trace_that_ends_with_the_stream(
     traced: Served, receiver: OTLPReceiver
 ) -> None:

@@ -1,0 +1,95 @@
+"""The process that encodes and posts a ``Shipper``'s spans (``span_shipper``).
+
+    python -m node_runtime.span_export EXPORT_TO RESOURCE_JSON SCOPE
+
+Its parent writes frames to its stdin, each a 4-byte length and a pickle: ``("spans",
+[fields, ...])`` (``Span.fields()``'s tuples) or ``("flush",)``, answered with one byte on
+stdout once everything before it was exported. It makes each span the SDK's
+``ReadableSpan`` and exports batches with the SDK's OTLP/HTTP exporter; at the end of its
+stdin (its parent stopped or died) it exports what is left and exits.
+
+The encoding is here, not in a thread of the parent, because a thread of the parent would
+hold the parent's interpreter lock while it works: the router's and the node's requests
+would wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import struct
+import sys
+from typing import IO, Any
+
+FRAME = struct.Struct("!I")
+FLUSHED = b"\x01"
+_BATCH = 512  # spans an export at most (the SDK's batch processor's default)
+
+log = logging.getLogger("node_runtime.span_export")
+
+
+def read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
+    """The next frame's message; None at the end of the stream."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    body = stream.read(FRAME.unpack(head)[0])
+    message: tuple[Any, ...] = pickle.loads(body)
+    return message
+
+
+def frame(message: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(body)) + body
+
+
+def main(argv: list[str]) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    export_to, resource_json, scope_name = argv
+    resource = Resource.create(json.loads(resource_json))
+    scope = InstrumentationScope(scope_name)
+    exporter = OTLPSpanExporter(endpoint=export_to)
+    sampled = TraceFlags(TraceFlags.SAMPLED)
+    unset = Status()
+
+    def readable(fields: tuple[Any, ...]) -> ReadableSpan:
+        name, trace_id, span_id, parent_id, remote, server, attributes, error, began, ended = fields
+        parent = None
+        if parent_id is not None:
+            parent = SpanContext(trace_id, parent_id, remote, sampled)
+        return ReadableSpan(
+            name,
+            context=SpanContext(trace_id, span_id, False, sampled),
+            parent=parent,
+            resource=resource,
+            attributes={k: v for k, v in attributes.items() if v is not None},
+            kind=SpanKind.SERVER if server else SpanKind.INTERNAL,
+            status=unset if error is None else Status(StatusCode.ERROR, error or None),
+            start_time=began,
+            end_time=ended,
+            instrumentation_scope=scope,
+        )
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while (message := read_frame(stdin)) is not None:
+        if message[0] == "flush":
+            stdout.write(FLUSHED)
+            stdout.flush()
+            continue
+        spans = message[1]
+        for start in range(0, len(spans), _BATCH):
+            try:
+                exporter.export([readable(f) for f in spans[start : start + _BATCH]])
+            except Exception:  # a collector that fails loses this batch, nothing more
+                log.exception("traces: an export to %s failed", export_to)
+    exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
