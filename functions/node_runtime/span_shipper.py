@@ -180,6 +180,8 @@ class Shipper:
         """Export what is left (waiting at most ``wait_s`` for it) and stop."""
         self._closing.set()
         self._thread.join(timeout=wait_s)
+        if self._thread.is_alive() and self._child is not None:
+            self._child.kill()  # stuck on a collector that does not answer: its spans go
         self.ship(wait_s)
         child = self._child
         if child is not None and child.stdin is not None:
