@@ -20,6 +20,7 @@ from node_runtime import procs
 from node_runtime.server_files import ServerPaths
 from node_runtime.spec import ServerSpec
 
+from tests.otlp_receiver import OTLPReceiver, otlp_receiver
 from tests.waiting import wait_until
 
 from .local_backends import (
@@ -72,8 +73,25 @@ def stop_checked(spec: Spec) -> None:
 
 
 @pytest.fixture(scope="session")
-def chat_spec(state_dir: Path) -> Iterator[Spec]:
+def vllm_traces() -> Iterator[OTLPReceiver]:
+    """The collector the shared chat server's own spans go to (vLLM's tracing is on)."""
+    with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def chat_spec(state_dir: Path, vllm_traces: OTLPReceiver) -> Iterator[Spec]:
+    """The shared tiny chat server, with vLLM's own tracing on, as an operator turns it on
+    (README, "Traces"); its spans are sent every 0.2 s instead of every 5."""
     spec = vllm_spec("tiny-chat", state_dir)
+    spec["args"] += ["--otlp-traces-endpoint", f"{vllm_traces.url}/v1/traces"]
+    spec["env"].update(
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": "vllm",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+    )
     yield spec
     stop_checked(spec)
 

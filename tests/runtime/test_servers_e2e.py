@@ -17,6 +17,7 @@ import pytest
 from node_runtime import ServerSpec, ServerStartError, procs
 from node_runtime.server_files import ServerPaths, read_state
 
+from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.waiting import wait_until
 
 from .conftest import chat, processes_mentioning
@@ -61,6 +62,32 @@ def test_completions_and_models(chat_spec: Spec, chat_first_calls: list[dict[str
     assert len(done["body"]["choices"]) == 2
     models = node_runtime.handle(chat_spec, {"method": "GET", "path": "/v1/models", "body": None})
     assert [m["id"] for m in models["body"]["data"]] == ["tiny-chat"]
+
+
+def test_vllms_own_span_joins_the_routers_trace_under_the_nodes(
+    chat_spec: Spec, chat_first_calls: list[dict[str, Any]], vllm_traces: OTLPReceiver
+) -> None:
+    """With vLLM's tracing on, a traced request is one trace: the router's span, the
+    node's beneath it, and vLLM's own beneath the node's (from the traceparent it was sent)."""
+    trace_id, router_span = os.urandom(16).hex(), os.urandom(8).hex()
+    asked = {
+        "traceparent": f"00-{trace_id}-{router_span}-01",
+        "export_to": f"{vllm_traces.url}/v1/traces",
+    }
+    prompt = "a prompt no span may carry"
+    request = {**chat(chat_spec["name"], prompt), "trace": asked}
+    assert node_runtime.handle(chat_spec, request)["status"] == 200
+
+    def by_service() -> dict[str, ReceivedSpan] | None:
+        spans = {s.service: s for s in vllm_traces.traces().get(trace_id, [])}
+        return spans if {"inference-node", "vllm"} <= set(spans) else None
+
+    spans = wait_until(by_service, lambda: f"vLLM's span in {vllm_traces.traces()}", 30)
+    node, vllm = spans["inference-node"], spans["vllm"]
+    assert (node.name, node.parent_id) == ("node.task", router_span)
+    assert (vllm.name, vllm.parent_id) == ("llm_request", node.span_id)
+    assert vllm.attributes["gen_ai.usage.prompt_tokens"] > 0
+    assert prompt not in json.dumps([node.attributes, vllm.attributes], default=str)
 
 
 def test_backend_errors_keep_status_and_openai_body(
