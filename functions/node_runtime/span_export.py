@@ -3,10 +3,11 @@
     python -m node_runtime.span_export EXPORT_TO RESOURCE_JSON SCOPE
 
 Its parent writes frames to its stdin, each a 4-byte length and a pickle: ``("spans",
-[fields, ...])`` (``Span.fields()``'s tuples) or ``("flush",)``, answered with one byte on
-stdout once everything before it was exported. It makes each span the SDK's
-``ReadableSpan`` and exports batches with the SDK's OTLP/HTTP exporter; at the end of its
-stdin (its parent stopped or died) it exports what is left and exits.
+[fields, ...])`` (the tuples ``Span.end`` queues; a span id of None is made here) or
+``("flush",)``, answered with one byte on stdout once everything before it was exported.
+It makes each span the SDK's ``ReadableSpan`` and exports batches with the SDK's OTLP/HTTP
+exporter; at the end of its stdin (its parent stopped or died) it exports what is left and
+exits.
 
 The encoding is here, not in a thread of the parent, because a thread of the parent would
 hold the parent's interpreter lock while it works: the router's and the node's requests
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -57,9 +59,12 @@ def main(argv: list[str]) -> None:
     exporter = OTLPSpanExporter(endpoint=export_to)
     sampled = TraceFlags(TraceFlags.SAMPLED)
     unset = Status()
+    new_span_id = RandomIdGenerator().generate_span_id
 
     def readable(fields: tuple[Any, ...]) -> ReadableSpan:
         name, trace_id, span_id, parent_id, remote, server, attributes, error, began, ended = fields
+        if span_id is None:  # a span no other is the child of: its id is made here
+            span_id = new_span_id()
         parent = None
         if parent_id is not None:
             parent = SpanContext(trace_id, parent_id, remote, sampled)

@@ -7,8 +7,8 @@ request runs (``Span``); ended, it waits in a bounded queue, and once a second t
 ``Shipper``'s thread pickles what ended down a pipe to its export process
 (``span_export``), which makes each the SDK's ``ReadableSpan`` and hands batches to the SDK's
 OTLP/HTTP exporter. Encoding there keeps it off this process's interpreter lock, which a
-thread here would hold while the requests wait. The SDK still makes the ids and encodes and
-posts the spans; ``traceparent`` is read and written by its propagator.
+thread here would hold while the requests wait. Ids are random bits, as the SDK's
+generator makes them; the SDK still encodes and posts the spans.
 
 Used by the router (``inference_bundle.router.tracing``) and by the node
 (``node_runtime.tracing``) alike. Standard library only until a ``Shipper`` is made, which
@@ -17,9 +17,11 @@ imports the SDK: an environment without OpenTelemetry never makes one.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import random
 import select
 import subprocess
 import sys
@@ -69,7 +71,7 @@ class Span:
         self.shipper = shipper
         self.name = name
         self.trace_id = trace_id
-        self.span_id = shipper.new_span_id()
+        self.span_id = shipper.new_span_id() or 1  # 0 is no span
         self.parent_id = parent_id
         self.remote = remote
         self.server = server  # kind SERVER (a request's first span here), else INTERNAL
@@ -90,22 +92,20 @@ class Span:
             self.end_ns = time.time_ns()
             # A tuple of plain values, which the garbage collector stops tracking: spans
             # waiting for the next round add nothing to its collections of old objects.
-            self.shipper.queue.append(self.fields())
-
-    def fields(self) -> tuple[Any, ...]:
-        """What the export process makes the SDK's span of (``span_export``)."""
-        return (
-            self.name,
-            self.trace_id,
-            self.span_id,
-            self.parent_id,
-            self.remote,
-            self.server,
-            self.attributes,  # None values are left out by the export process
-            self.error,
-            self.start_ns,
-            self.end_ns,
-        )
+            self.shipper.queue.append(
+                (
+                    self.name,
+                    self.trace_id,
+                    self.span_id,
+                    self.parent_id,
+                    self.remote,
+                    self.server,
+                    self.attributes,  # None values are left out by the export process
+                    self.error,
+                    self.start_ns,
+                    self.end_ns,
+                )
+            )
 
     @property
     def traceparent(self) -> str:
@@ -118,15 +118,16 @@ class Shipper:
     that posts them to ``export_to`` (OTLP/HTTP)."""
 
     def __init__(self, export_to: str, resource: Mapping[str, str], scope: str) -> None:
-        # ImportError here, without OpenTelemetry: no shipper, no process.
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+        # ImportError here, without OpenTelemetry's SDK: no shipper, no process.
+        import opentelemetry.sdk.trace  # noqa: F401
 
         self.export_to = export_to
         # Ended spans' fields (``Span.fields``); appends are atomic: no lock.
         self.queue: deque[tuple[Any, ...]] = deque(maxlen=_QUEUE)
-        ids = RandomIdGenerator()
-        self.new_trace_id = ids.generate_trace_id
-        self.new_span_id = ids.generate_span_id
+        # As the SDK's RandomIdGenerator makes them, less its Python frame (the callers
+        # turn a 0, no id, into 1).
+        self.new_trace_id = functools.partial(random.getrandbits, 128)
+        self.new_span_id = functools.partial(random.getrandbits, 64)
         self._argv = [
             sys.executable,
             "-m",

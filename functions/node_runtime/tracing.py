@@ -20,8 +20,7 @@ import logging
 import socket
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .span_shipper import Shipper, Span
 
@@ -37,9 +36,9 @@ _shippers: dict[str, Shipper | None] = {}  # export_to -> its shipper; None: non
 _missing_said = False
 
 
-@dataclass(frozen=True)
-class TraceRequest:
-    """What the router asked for: the parent span's traceparent, and where spans go."""
+class TraceRequest(NamedTuple):
+    """What the router asked for: the parent span's traceparent, and where spans go (a
+    named tuple: a frozen dataclass takes several times as long to make, once a request)."""
 
     traceparent: str
     export_to: str
@@ -75,21 +74,25 @@ def trace_of(container: Mapping[str, Any]) -> TraceRequest | None:
 class NodeSpan:
     """One span of the node's part of a request; ``headers`` go on to the model server."""
 
-    def __init__(self, name: str, asked: TraceRequest, attributes: Mapping[str, Any]) -> None:
-        self.headers = asked.headers()
+    def __init__(self, name: str, asked: TraceRequest, attributes: dict[str, Any]) -> None:
         self._span: Span | None = None
-        shipper = _shipper(asked.export_to)
+        # Without the lock once made (a dict's get is atomic); None: absent, or none made.
+        shipper = _shippers.get(asked.export_to) or _shipper(asked.export_to)
         parent = sampled_parent(asked.traceparent)
         if shipper is None or parent is None:
-            return  # sampled as the router decided: a node never starts a trace of its own
-        trace_id, span_id = parent
-        self._span = Span(shipper, name, trace_id, span_id, dict(attributes), True, True)
-        self.headers = {**self.headers, "traceparent": self._span.traceparent}
+            # sampled as the router decided: a node never starts a trace of its own
+            self.headers = asked.headers()
+            return
+        self._span = span = Span(shipper, name, parent[0], parent[1], attributes, True, True)
+        self.headers = {"traceparent": span.traceparent}
+        if asked.tracestate:
+            self.headers["tracestate"] = asked.tracestate
 
     def set(self, **attributes: Any) -> None:
-        """Attributes learnt along the way (a status, whether a server started)."""
+        """Attributes learnt along the way (a status, whether a server started); those of
+        None are left out (by the export process)."""
         if self._span is not None:
-            self._span.attributes.update({k: v for k, v in attributes.items() if v is not None})
+            self._span.attributes.update(attributes)
 
     def end(self, status: int | None = None, error: str | None = None) -> None:
         """End the span: an answer's status (5xx, or ``error``, marks it failed)."""

@@ -18,14 +18,16 @@ an answer or a caller.
 
 On the request's path a span is a few plain fields, exported by a process of its own
 (``node_runtime.span_shipper``: the SDK's own spans cost tens of microseconds each to make,
-and as much to encode, under the router's interpreter lock). The SDK still decides sampling
-(``ParentBased(TraceIdRatioBased)``), makes the ids, reads the client's ``traceparent``, and
-encodes and posts the spans.
+and as much to encode, under the router's interpreter lock); the steps that follow one another
+in a request (authenticate, check, place, limits) are a name and a time each until the last
+ends (``Steps``). The SDK still decides sampling (``ParentBased(TraceIdRatioBased)``), reads
+the client's ``traceparent``, and encodes and posts the spans.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
@@ -44,12 +46,14 @@ if TYPE_CHECKING:
 __all__ = [
     "RequestTrace",
     "Span",
+    "Step",
     "Tracing",
     "current",
     "end_request",
     "ended",
     "failed",
     "span",
+    "steps",
     "submit",
 ]
 
@@ -67,15 +71,15 @@ class RequestTrace:
     ) -> None:
         self.shipper = shipper
         self.export_to = shipper.export_to
+        attributes = {"operation": operation}
         if parent is None:
-            self.root = Span(shipper, "request", trace_id, None, {}, server=True)
+            self.root = Span(shipper, "request", trace_id, None, attributes, server=True)
             self.tracestate = ""
         else:  # the client's span
             self.root = Span(
-                shipper, "request", trace_id, parent.span_id, {}, remote=True, server=True
+                shipper, "request", trace_id, parent.span_id, attributes, remote=True, server=True
             )
             self.tracestate = parent.trace_state.to_header()
-        self.root.attributes["operation"] = operation
         self.ended = False
 
     def start(self, name: str, **attributes: Any) -> Span:
@@ -83,9 +87,10 @@ class RequestTrace:
         root = self.root
         return Span(self.shipper, name, root.trace_id, root.span_id, attributes)
 
-    def child(self, name: str, **attributes: Any) -> _Step:
-        """A child of the root for the ``with`` block; an error leaving it marks it failed."""
-        return _Step(self.start(name, **attributes))
+    def child(self, name: str, **attributes: Any) -> Step:
+        """A child of the root that nothing else is the child of (a step), ended by its
+        caller or by leaving its ``with`` block (an error leaving it marks it failed)."""
+        return Step(self, name, attributes)
 
     def carried(self, step: Span) -> dict[str, str]:
         """The ``trace`` that takes ``step``'s context to the node (``node_runtime.tracing``)."""
@@ -95,29 +100,123 @@ class RequestTrace:
         return fields
 
     def end(self, status: int, **attributes: Any) -> None:
-        """End the root span with the request's answer (once: later calls do nothing)."""
+        """End the root span with the request's answer (once: later calls do nothing);
+        attributes of None are left out (by the export process)."""
         if self.ended:
             return
         self.ended = True
-        self.root.attributes.update({k: v for k, v in attributes.items() if v is not None})
+        self.root.attributes.update(attributes)
         ended(self.root, status)
 
 
-class _Step:
-    """A step's span as a context manager (a class: a generator-based one costs more)."""
+class Step:
+    """A step's span, lighter than a ``Span``: no span is its child, so its id is left to the
+    export process (``Span.fields``'s None), and it ends as one tuple. A context manager
+    (a class: a generator-based one costs more)."""
 
-    __slots__ = ("span",)
+    __slots__ = ("attributes", "end_ns", "error", "name", "start_ns", "trace")
 
-    def __init__(self, span: Span) -> None:
-        self.span = span
+    def __init__(
+        self,
+        trace: RequestTrace,
+        name: str,
+        attributes: dict[str, Any],
+        start_ns: int | None = None,
+    ) -> None:
+        self.trace = trace
+        self.name = name
+        self.attributes = attributes
+        self.error: str | None = None
+        self.end_ns: int | None = None
+        self.start_ns = time.time_ns() if start_ns is None else start_ns
 
-    def __enter__(self) -> Span:
-        return self.span
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def fail(self, description: str | None) -> None:
+        self.error = description or ""
+
+    def end(self, end_ns: int | None = None) -> None:
+        """End the step (once; now, unless ``end_ns`` says when) and queue it for export."""
+        if self.end_ns is None:
+            self.end_ns = end_ns = time.time_ns() if end_ns is None else end_ns
+            trace = self.trace
+            root = trace.root
+            trace.shipper.queue.append(
+                (
+                    self.name,
+                    root.trace_id,
+                    None,  # its id: the export process makes one
+                    root.span_id,
+                    False,
+                    False,
+                    self.attributes,
+                    self.error,
+                    self.start_ns,
+                    end_ns,
+                )
+            )
+
+    def __enter__(self) -> Step:
+        return self
 
     def __exit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
         if err is not None:
-            failed(self.span, err)
-        self.span.end()
+            failed(self, err)
+        self.end()
+
+
+class Steps:
+    """Steps that follow one another in a ``with`` block (authenticate, check, place,
+    limits): ``begin`` ends the step before it and begins the next, leaving the block ends
+    the last, and an error leaving it marks that one failed. A name and a time a step while
+    the request runs (a ``Step`` each would cost several times as much); each a ``Step``'s
+    span as the block ends."""
+
+    __slots__ = ("marks", "trace")
+
+    def __init__(self, trace: RequestTrace) -> None:
+        self.trace = trace
+        self.marks: list[tuple[str, int]] = []
+
+    def begin(self, name: str) -> None:
+        self.marks.append((name, time.time_ns()))
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
+        marks, trace = self.marks, self.trace
+        if not marks:
+            return
+        ended_ns = time.time_ns()
+        *done, last = marks
+        root = trace.root
+        trace_id, root_id, queue = root.trace_id, root.span_id, trace.shipper.queue
+        for (name, began), (_, end_ns) in zip(done, marks[1:], strict=True):
+            queue.append((name, trace_id, None, root_id, False, False, {}, None, began, end_ns))
+        step = Step(trace, last[0], {}, last[1])
+        if err is not None:  # the step the error left
+            failed(step, err)
+        step.end(ended_ns)
+
+
+class _NoSteps:
+    """``Steps`` of a request that is not traced: nothing."""
+
+    __slots__ = ()
+
+    def begin(self, name: str) -> None:
+        pass
+
+    def __enter__(self) -> _NoSteps:
+        return self
+
+    def __exit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
+        pass
+
+
+_NO_STEPS = _NoSteps()
 
 
 class Tracing:
@@ -155,7 +254,7 @@ class Tracing:
             context = _PROPAGATOR.extract(headers)
             found = trace.get_current_span(context).get_span_context()
             parent = found if found.is_valid else None
-        trace_id = shipper.new_trace_id() if parent is None else parent.trace_id
+        trace_id = (shipper.new_trace_id() or 1) if parent is None else parent.trace_id
         if parent is not None or not self._every:
             decided = sampler.should_sample(context, trace_id, "request", SpanKind.SERVER)
             if not decided.decision.is_sampled():  # type: ignore[no-untyped-call]
@@ -186,7 +285,13 @@ def span(name: str, request_trace: RequestTrace | None, **attributes: Any) -> An
     shared one that does nothing when the request is not traced."""
     if request_trace is None:
         return _OFF
-    return request_trace.child(name, **attributes)
+    return Step(request_trace, name, attributes)
+
+
+def steps(request_trace: RequestTrace | None) -> Steps | _NoSteps:
+    """The request's ``Steps`` for a ``with`` block; ones that do nothing when it is not
+    traced."""
+    return _NO_STEPS if request_trace is None else Steps(request_trace)
 
 
 def end_request(
@@ -216,16 +321,16 @@ def submit(executor: Any, function: Callable[..., Any], *args: Any) -> Future[An
     return future
 
 
-def ended(span: Span, status: int | None = None, why: str | None = None) -> None:
+def ended(span: Span | Step, status: int | None = None, why: str | None = None) -> None:
     """End ``span`` with an answer's status (a 5xx or ``why`` marks it failed)."""
     if status is not None:
-        span.set_attribute("http.response.status_code", status)
+        span.attributes["http.response.status_code"] = status
     if why is not None or (status is not None and status >= 500):
         span.fail(why)
     span.end()
 
 
-def failed(span: Span, err: BaseException) -> None:
+def failed(span: Span | Step, err: BaseException) -> None:
     """Mark ``span`` failed by ``err``: its type and status, never its message (a backend's
     error may quote the request)."""
     status = _status_of(err)

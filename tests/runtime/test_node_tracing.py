@@ -103,6 +103,7 @@ def test_the_routers_traceparent_is_read_only_when_whole_and_sampled() -> None:
         f"00-{'0' * 32}-{ROUTER_SPAN}-01",  # an invalid (zero) trace id
         f"00-{ROUTER_TRACE}-{'0' * 16}-01",
         f"00-{ROUTER_TRACE}-{'g' * 16}-01",
+        f"00--{ROUTER_TRACE[1:]}-{ROUTER_SPAN}-01",  # a sign
         f"00-{ROUTER_TRACE}-{ROUTER_SPAN}-1",
         "",
     ):

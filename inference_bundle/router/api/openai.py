@@ -69,27 +69,28 @@ async def _serve(
     what it refuses (and is a span of the request's trace, when it is traced)."""
     request_id = os.urandom(8).hex()
     request.state.request_id = request_id
-    with tracing.span("authenticate", request_trace):
+    with tracing.steps(request_trace) as steps:
+        steps.begin("authenticate")
         caller = await authenticate(service.authenticator, request)
-    with tracing.span("check", request_trace):
+        steps.begin("check")
         body, parsed, form = await _read(service, request, op)
-    with tracing.span("place", request_trace):
+        steps.begin("place")
         placed = await _place(service, request, caller, op, parsed)
-    route = placed.route
-    ctx = RequestContext(
-        op,
-        caller,
-        parsed.model,
-        route,
-        group=service.limiter.rules.group_of(route.cluster, caller.groups),
-        stream=parsed.stream,
-        include_usage=bool((parsed.stream_options or {}).get("include_usage")),
-        request_id=request_id,
-        headers={"X-Request-Id": request_id, failover.CLUSTER_HEADER: route.cluster},
-        session=session_of(request.headers, caller.user, body),
-        trace=request_trace,
-    )
-    with tracing.span("limits", request_trace):
+        route = placed.route
+        ctx = RequestContext(
+            op,
+            caller,
+            parsed.model,
+            route,
+            group=service.limiter.rules.group_of(route.cluster, caller.groups),
+            stream=parsed.stream,
+            include_usage=bool((parsed.stream_options or {}).get("include_usage")),
+            request_id=request_id,
+            headers={"X-Request-Id": request_id, failover.CLUSTER_HEADER: route.cluster},
+            session=session_of(request.headers, caller.user, body),
+            trace=request_trace,
+        )
+        steps.begin("limits")
         await _admit(service, ctx, body)
     runtime_request = _runtime_request(service, ctx, body, form)
     if ctx.stream:

@@ -12,7 +12,7 @@ from inference_bundle.router.dispatch.answers import Answer, Streamed
 from inference_bundle.router.errors import APIError
 from inference_bundle.router.limits.limiter import Usage
 from inference_bundle.router.service import RouterService
-from inference_bundle.router.tracing import RequestTrace, Span
+from inference_bundle.router.tracing import RequestTrace, Step
 
 # nginx's "client closed request": the client hung up before its answer ended. Neither the
 # router nor a server failed: error counts and the status page's error list leave it out.
@@ -50,7 +50,7 @@ def record(
 ) -> None:
     """Count, log and charge one request: ``usage`` as the backend reported it (read from a
     whole answer when not given), or an estimate when the answer was cut."""
-    recording = None if ctx.trace is None else ctx.trace.start("record")
+    recording = None if ctx.trace is None else ctx.trace.child("record")
     latency = time.monotonic() - ctx.began
     metrics = service.metrics
     metrics.requests.labels(ctx.path, ctx.model, str(status)).inc()
@@ -82,7 +82,7 @@ def record(
 def _end_trace(
     ctx: RequestContext,
     request_trace: RequestTrace,
-    recording: Span,
+    recording: Step,
     status: int,
     via: str,
     answer: Answer | Streamed | None,
