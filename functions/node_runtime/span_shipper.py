@@ -122,7 +122,7 @@ class Shipper:
         import opentelemetry.sdk.trace  # noqa: F401
 
         self.export_to = export_to
-        # Ended spans' fields (``Span.fields``); appends are atomic: no lock.
+        # Ended spans' fields (the tuples ``Span.end`` makes); appends are atomic: no lock.
         self.queue: deque[tuple[Any, ...]] = deque(maxlen=_QUEUE)
         # As the SDK's RandomIdGenerator makes them, less its Python frame (the callers
         # turn a 0, no id, into 1).

@@ -111,7 +111,7 @@ class RequestTrace:
 
 class Step:
     """A step's span, lighter than a ``Span``: no span is its child, so its id is left to the
-    export process (``Span.fields``'s None), and it ends as one tuple. A context manager
+    export process (a span id of None), and it ends as one tuple. A context manager
     (a class: a generator-based one costs more)."""
 
     __slots__ = ("attributes", "end_ns", "error", "name", "start_ns", "trace")
