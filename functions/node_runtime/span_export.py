@@ -3,8 +3,9 @@
     python -m node_runtime.span_export EXPORT_TO RESOURCE_JSON SCOPE
 
 Its parent writes frames to its stdin, each a 4-byte length and a pickle: ``("spans",
-[fields, ...])`` (the tuples ``Span.end`` queues; a span id of None is made here) or
-``("flush",)``, answered with one byte on stdout once everything before it was exported.
+[fields, ...])`` (the tuples ``Span.end`` queues, a span id of None made here; or a
+request's steps in a row, ``steps``) or ``("flush",)``, answered with one byte on stdout
+once everything before it was exported.
 It makes each span the SDK's ``ReadableSpan`` and exports batches with the SDK's OTLP/HTTP
 exporter; at the end of its stdin (its parent stopped or died) it exports what is left and
 exits.
@@ -21,11 +22,13 @@ import logging
 import pickle
 import struct
 import sys
+from collections.abc import Iterator
 from typing import IO, Any
 
 FRAME = struct.Struct("!I")
 FLUSHED = b"\x01"
 _BATCH = 512  # spans an export at most (the SDK's batch processor's default)
+_STEPS_FIELDS = 4  # a record of ``steps``; a span's has 10
 
 log = logging.getLogger("node_runtime.span_export")
 
@@ -43,6 +46,18 @@ def read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
 def frame(message: tuple[Any, ...]) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return FRAME.pack(len(body)) + body
+
+
+def steps(
+    trace_id: int, parent_id: int, marks: list[tuple[str, int]], ended: int
+) -> Iterator[tuple[Any, ...]]:
+    """The fields of each span of a request's steps in a row, as the router's ``Steps``
+    queues them in one record: (trace id, parent id, [(name, start), ...], the last's end);
+    each step ends where the next begins."""
+    ends = [began for _, began in marks[1:]]
+    ends.append(ended)
+    for (name, began), end in zip(marks, ends, strict=True):
+        yield (name, trace_id, None, parent_id, False, False, {}, None, began, end)
 
 
 def main(argv: list[str]) -> None:
@@ -87,7 +102,11 @@ def main(argv: list[str]) -> None:
             stdout.write(FLUSHED)
             stdout.flush()
             continue
-        spans = message[1]
+        spans = [
+            span
+            for fields in message[1]
+            for span in (steps(*fields) if len(fields) == _STEPS_FIELDS else (fields,))
+        ]
         for start in range(0, len(spans), _BATCH):
             try:
                 exporter.export([readable(f) for f in spans[start : start + _BATCH]])

@@ -169,9 +169,9 @@ class Step:
 class Steps:
     """Steps that follow one another in a ``with`` block (authenticate, check, place,
     limits): ``begin`` ends the step before it and begins the next, leaving the block ends
-    the last, and an error leaving it marks that one failed. A name and a time a step while
-    the request runs (a ``Step`` each would cost several times as much); each a ``Step``'s
-    span as the block ends."""
+    the last, and an error leaving it marks that one failed. A name and a time a step (a
+    ``Step`` each would cost several times as much), queued as one record that the export
+    process makes a span of each step of (``span_export.steps``)."""
 
     __slots__ = ("marks", "trace")
 
@@ -190,14 +190,16 @@ class Steps:
         if not marks:
             return
         ended_ns = time.time_ns()
-        *done, last = marks
         root = trace.root
-        trace_id, root_id, queue = root.trace_id, root.span_id, trace.shipper.queue
-        for (name, began), (_, end_ns) in zip(done, marks[1:], strict=True):
-            queue.append((name, trace_id, None, root_id, False, False, {}, None, began, end_ns))
+        queue = trace.shipper.queue
+        if err is None:  # one record; the export process makes a span of each step
+            queue.append((root.trace_id, root.span_id, marks, ended_ns))
+            return
+        *done, last = marks
+        if done:
+            queue.append((root.trace_id, root.span_id, done, last[1]))
         step = Step(trace, last[0], {}, last[1])
-        if err is not None:  # the step the error left
-            failed(step, err)
+        failed(step, err)  # the step the error left
         step.end(ended_ns)
 
 
