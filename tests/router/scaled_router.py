@@ -96,7 +96,9 @@ class Scaled:
                     try:
                         answer = await c.post(CHAT, json=body)
                         text = answer.text
-                        ok = answer.status_code == 200 and (not stream or "[DONE]" in text)
+                        # A stream that breaks off ends with an error event, then [DONE].
+                        whole = "[DONE]" in text and '"error"' not in text
+                        ok = answer.status_code == 200 and (not stream or whole)
                         self.answers.append(answer.status_code)
                         if not ok:
                             self.failures.append(f"{answer.status_code}: {text[:200]}")

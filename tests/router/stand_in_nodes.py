@@ -4,7 +4,8 @@ A ``StandInNodes`` is an executor factory: each replica index is an "engine" who
 task takes ``start_s`` (the job's queue and the server's load), then runs a real dial-out
 agent (node_runtime.dialout) around a ``PacedServer``: at most ``capacity`` requests at once,
 each ``service_s`` long, whatever this machine's cores. Shutting the engine down stops its
-node, as a cancelled job would; ``kill`` drops one without a word, as a dead node does.
+node ``cancel_s`` later, as a cancelled job would (the scheduler takes a while, and the
+server stays connected meanwhile); ``kill`` drops one without a word, as a dead node does.
 ``walltime_s`` makes each node end that long after it started, as the scheduler would.
 """
 
@@ -116,6 +117,7 @@ class StandInNodes:
     service_s: float = 0.3
     jitter: float = 0.0
     start_s: float = 1.0
+    cancel_s: float = 1.0
     walltime_s: float | None = None
     nodes: list[StandInNode] = field(default_factory=list)
     engines: list[int] = field(default_factory=list)  # indexes, one per engine made
@@ -163,6 +165,11 @@ class StandInNodes:
         if node.stopped_at is None:
             node.stopped_at, node.how = time.time(), how
             node.task.cancel()
+
+    async def cancel(self, node: StandInNode) -> None:
+        """Its job is cancelled: the node stops once the scheduler gets to it."""
+        await asyncio.sleep(self.cancel_s)
+        await self.stop(node)
 
     async def stop(self, node: StandInNode) -> None:
         if node.stopped_at is None:
@@ -231,4 +238,4 @@ class StandInEngine:
         """The job is cancelled: its node stops."""
         node = self.node
         if node is not None:
-            asyncio.run_coroutine_threadsafe(self.nodes.stop(node), self.nodes.loop)
+            asyncio.run_coroutine_threadsafe(self.nodes.cancel(node), self.nodes.loop)

@@ -71,7 +71,7 @@ class ConnectionHub:
     def pick(
         self, endpoint: str, avoid: frozenset[str] = frozenset(), session: str | None = None
     ) -> NodeConnection | None:
-        """A live connection of ``endpoint``, not of a server in ``avoid`` (draining).
+        """A live connection of ``endpoint``, not of a server in ``avoid`` (retiring).
 
         A request of a session goes to the session's own server while that one is not
         loaded past the bound (``sticky``), so that a conversation keeps its prefix cache;

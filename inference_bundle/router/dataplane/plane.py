@@ -44,7 +44,7 @@ class DataPlane:
         self, route: Route, avoid: frozenset[str] = frozenset(), session: str | None = None
     ) -> NodeConnection | None:
         """A live connection of the route's endpoint, not of a server in ``avoid``
-        (draining): the session's own server, or the less busy of two."""
+        (draining or stopping): the session's own server, or the less busy of two."""
         return self.hub.pick(route.endpoint_name, avoid, session)
 
     async def wait_for(self, route: Route) -> NodeConnection | None:

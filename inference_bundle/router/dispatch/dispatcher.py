@@ -158,19 +158,19 @@ class Dispatcher(TaskPath):
         return await self.admission.enter(route, asker, on_wait)
 
     def _ready_servers(self, endpoint: str) -> int:
-        """The endpoint's servers a request may go to: connected, not draining."""
+        """The endpoint's servers a request may go to: connected, not draining or stopping."""
         if self.plane is None:
             return 0
-        return self.plane.hub.usable(endpoint, self.replicas.of(endpoint).draining())
+        return self.plane.hub.usable(endpoint, self.replicas.of(endpoint).retiring())
 
     def pick(self, route: Route, session: str | None = None) -> NodeConnection | None:
         """A connection of the route's model to send a request down: of its ready replicas
-        (none that drains), the session's own, or the less busy of two; None when none is
+        (none that drains or stops), the session's own, or the less busy of two; None when none is
         connected."""
         if self.plane is None:
             return None
-        draining = self.replicas.of(route.endpoint_name).draining()
-        return self.plane.pick(route, draining, session)
+        retiring = self.replicas.of(route.endpoint_name).retiring()
+        return self.plane.pick(route, retiring, session)
 
     async def _connect(
         self, route: Route, on_wait: OnWait | None, began: float

@@ -100,8 +100,15 @@ class ReplicaControl:
             replica.phase, replica.drain_reason = Phase.DRAINING, action.reason
             log.info("%s: replica %d drains (%s)", route.model, replica.index, action.reason)
             self.on_change(route.model, "drain", action.reason)
-        elif action.kind in ("stop", "forget") and action.index is not None:
+        elif action.kind == "gone" and action.index is not None:
             replicas.remove(action.index)
+        elif action.kind in ("stop", "forget") and action.index is not None:
+            if action.kind == "stop" and (replica := replicas.get(action.index)):
+                # Kept, taking no requests, until its server hangs up: its connection stays
+                # up, idle, while the scheduler ends the job, and would draw new requests.
+                replica.phase = Phase.STOPPING
+            else:
+                replicas.remove(action.index)
             change = "in" if action.kind == "stop" else "lost"
             log.info("%s: replica %d %s (%s)", route.model, action.index, change, action.reason)
             self.on_change(route.model, change, action.reason)

@@ -17,7 +17,8 @@ the autoscaler looks at each model and acts:
 - **walltime**: a replica whose job nears its walltime (the time a start takes plus
   ``rotation_margin_s``) gets a successor; when that one is ready, or
   ``stop_before_walltime_s`` before the end, the old one is drained.
-- **drained** replicas stop (their job is released) once no request of theirs is in flight.
+- **drained** replicas stop (their job is released) once no request of theirs is in flight;
+  a stopping replica takes no requests until its connection is gone, and is then forgotten.
 - **lost**: a ready replica with no connection for ``lost_after_s`` (its server or node died)
   is let go; min and demand then ask for a replacement if the model needs one.
 """
@@ -36,7 +37,7 @@ from inference_bundle.router.routes import Route
 class Action:
     """One thing to do for a model: start (a new replica), drain, stop or forget one."""
 
-    kind: str  # "start" | "drain" | "stop" | "forget"
+    kind: str  # "start" | "drain" | "stop" | "forget" | "gone" (a stopped one's line closed)
     reason: str
     index: int | None = None
 
@@ -121,10 +122,15 @@ class Autoscaler:
         pace.failures, pace.retry_at = 0, 0.0
 
     def _losses(self, replicas: ReplicaSet, live: Mapping[str, int], now: float) -> list[Action]:
-        """Ready replicas whose server has not been connected for lost_after_s."""
+        """Ready replicas whose server has not been connected for lost_after_s, and
+        stopping ones whose server has hung up."""
         actions = []
         for replica in replicas.all():
             if replica.phase == Phase.STARTING or replica.server_id is None:
+                continue
+            if replica.phase == Phase.STOPPING:
+                if replica.server_id not in live:
+                    actions.append(Action("gone", "stopped", replica.index))
                 continue
             if replica.server_id in live:
                 replica.unconnected_since = None

@@ -8,6 +8,9 @@ Phases:
     starting  asked for (its task is out: the job queued, or the server loading)
     ready     its server answered; it takes requests once its connection is up
     draining  takes no new requests; stopped once its requests in flight have ended
+    stopping  its job is being released: still takes no requests, and is forgotten once its
+              connection is gone (a scheduler's cancel takes a while, and until then the
+              server is still connected, idle, and would draw every new request)
 
 Indexes run from 0 to twice the catalog's ``replicas.max`` less one: a replica near its
 walltime has a successor beside it for a while (the user config schema allows as much).
@@ -24,6 +27,10 @@ class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+_RETIRING = (Phase.DRAINING, Phase.STOPPING)
 
 
 @dataclass
@@ -116,6 +123,8 @@ class ReplicaSet:
             for other in self._replicas.values():
                 if other.index == index or (other.host != host and other.server_id != server_id):
                     continue
+                if other.phase == Phase.STOPPING:  # its node is being given back
+                    continue
                 if other.successor == index and other.server_id != server_id:
                     continue
                 return other
@@ -151,13 +160,13 @@ class ReplicaSet:
                     return replica
             return None
 
-    def draining(self) -> frozenset[str]:
-        """The server ids that take no new requests."""
+    def retiring(self) -> frozenset[str]:
+        """The server ids that take no new requests: draining or stopping."""
         with self._lock:
             return frozenset(
                 r.server_id
                 for r in self._replicas.values()
-                if r.phase == Phase.DRAINING and r.server_id is not None
+                if r.phase in _RETIRING and r.server_id is not None
             )
 
 

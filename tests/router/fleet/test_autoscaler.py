@@ -149,6 +149,20 @@ def test_quiet_demand_drains_the_least_busy_replica_then_stops_it() -> None:
     assert kinds(model.decide(1102)) == [("stop", "idle", quiet)]
 
 
+def test_a_stopping_replica_takes_no_requests_until_its_server_hangs_up() -> None:
+    # Its job is being cancelled: the server is still connected, idle, for a while.
+    model = Model(route(target=4, idle_s=100))
+    model.ready("request", 0, "node-a")
+    stopping = model.ready("demand", 0, "node-b")
+    replica = model.replicas.get(stopping)
+    assert replica is not None
+    replica.phase = Phase.STOPPING  # as the control does on "stop"
+    assert model.replicas.retiring() == {"s-node-b"}  # no request is sent to it
+    assert model.decide(1) == []  # no other start, drain or loss meanwhile
+    del model.live["s-node-b"]  # its server hung up
+    assert kinds(model.decide(2)) == [("gone", "stopped", stopping)]
+
+
 def test_the_last_replica_is_never_drained_for_quiet() -> None:
     model = Model(route(target=4, idle_s=10))
     model.ready("request", 0, "node-a")

@@ -39,7 +39,7 @@ async def test_a_load_step_brings_replicas_and_its_end_lets_them_go(tmp_path: Pa
         assert s.changes("out", "demand") == 2
         # Quiet: drained and stopped down to one (scale_in_idle_s 2, one at a time).
         await until(lambda: len(s.nodes.live()) == 1, lambda: f"one left: {s.phases()}", 30)
-        assert s.phases() == ["ready"]
+        await until(lambda: s.phases() == ["ready"], lambda: f"stopped: {s.phases()}", 5)
         assert s.changes("drain", "idle") == 2 and s.changes("in", "idle") == 2
         assert {n.how for n in s.nodes.nodes if n.stopped_at} == {"stopped"}
 
