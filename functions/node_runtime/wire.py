@@ -8,15 +8,19 @@ apart by their stream id, so no body, however large, holds the line or exceeds a
 bound: the largest message either side takes is ``MAX_MESSAGE``.
 
     router -> node   REQUEST   JSON head {"method", "path", "length", "window",
-                               "content_type"[, "trace"]}, a newline,
+                               "content_type"[, "trace"][, "answer"]}, a newline,
                                then the body's first bytes ("trace": the router's
-                               span, when it traces the request: ``node_runtime.tracing``)
+                               span, when it traces the request: ``node_runtime.tracing``;
+                               "answer": true, the router takes ANSWER records, 0.10)
                      BODY      more of the request's body, until ``length`` bytes came
                      CANCEL    (empty) the client went away: abort the request
                      WINDOW    4-byte count: the node may send that many more answer bytes
     node -> router   START     JSON {"status", "content_type"}
                      BODY      bytes of the answer, as the server wrote them
                      END       (empty) the answer is complete
+                     ANSWER    START's JSON, a newline, then the whole body: START, BODY
+                               and END in one record, for an answer that fits one (0.10;
+                               only to a router whose REQUEST asked for it)
                      FAIL      UTF-8 text: the answer broke off (the server failed mid-way)
                      LOAD      (stream 0) JSON {"running", "waiting"}: the server's own
                                count of requests it runs and queues (vLLM's metrics), sent
@@ -64,6 +68,7 @@ FAIL = 6
 WINDOW = 7
 HEARTBEAT = 8
 LOAD = 9
+ANSWER = 10
 
 MAX_PAYLOAD = 64 * 1024
 MAX_MESSAGE = 128 * 1024  # a record, its header and a REQUEST head, with room to spare
@@ -110,6 +115,7 @@ class RequestHead:
     window: int
     content_type: str = "application/json"
     trace: TraceRequest | None = None  # the router's span, when it traces the request
+    answer: bool = False  # the router takes a whole answer as one ANSWER record
 
 
 def request_records(
@@ -123,7 +129,7 @@ def request_records(
 ) -> list[bytes]:
     """A REQUEST record with as much of the body as fits, then BODY records for the rest."""
     fields: dict[str, Any] = {"method": method, "path": path, "length": len(body)}
-    fields.update(window=window, content_type=content_type)
+    fields.update(window=window, content_type=content_type, answer=True)
     if trace is not None:
         fields["trace"] = trace
     head = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
@@ -151,13 +157,26 @@ def parse_request(payload: bytes) -> tuple[RequestHead, bytes]:
         content_type = "application/json"
     window = max(window, MAX_PAYLOAD)
     trace = trace_of(fields)
-    return RequestHead(method, fields["path"], length, window, content_type, trace), body
+    answer = fields.get("answer") is True
+    return RequestHead(method, fields["path"], length, window, content_type, trace, answer), body
 
 
 def start_record(stream: int, status: int, content_type: str) -> bytes:
     """A START record."""
-    head = json.dumps({"status": status, "content_type": content_type}, separators=(",", ":"))
-    return pack(START, stream, head.encode())
+    return pack(START, stream, _start_head(status, content_type))
+
+
+def answer_record(stream: int, status: int, content_type: str, body: bytes) -> bytes | None:
+    """A whole answer as one ANSWER record; None when it does not fit in one."""
+    head = _start_head(status, content_type)
+    if len(head) + 1 + len(body) > MAX_PAYLOAD:
+        return None
+    return b"".join((_HEADER.pack(ANSWER, stream), head, b"\n", body))
+
+
+def _start_head(status: int, content_type: str) -> bytes:
+    fields = {"status": status, "content_type": content_type}
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def parse_start(payload: bytes) -> tuple[int, str]:

@@ -31,6 +31,16 @@ from inference_bundle.router.routes import Route
 PROMPT_TOKENS = 8
 
 
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    raw = b""
+    while True:
+        message = await receive()
+        raw += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return raw
+
+
 @dataclass
 class PacedServer:
     """An ASGI model server of fixed capacity: ``capacity`` requests at once, each
@@ -48,13 +58,7 @@ class PacedServer:
     _slots: asyncio.Semaphore | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        body = json.loads(raw or b"{}")
+        body = json.loads(await read_body(receive) or b"{}")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.capacity)
         async with self._slots:

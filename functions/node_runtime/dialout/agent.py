@@ -188,6 +188,7 @@ class Agent:
         head = stream.head
         span = None if head.trace is None else self._traced(head)
         status: int | None = None
+        content_type = ""
         failure: str | None = None
         withheld = False  # a failed answer of a server that is down: the router resends it
         try:
@@ -199,7 +200,10 @@ class Agent:
                 return {"type": "http.disconnect"}
 
             async def send(message: Message) -> None:
-                nonlocal status, withheld
+                # The answer's start waits for its first body: a whole answer that fits in
+                # one record goes as one ANSWER (one message, not three) to a router that
+                # takes it; any other, as START, BODY records and END.
+                nonlocal status, content_type, withheld
                 kind = message["type"]
                 if withheld:
                     return
@@ -207,17 +211,22 @@ class Agent:
                     if message["status"] >= 500 and await self.is_down():
                         withheld = True
                         return
-                    stream.started, status = True, message["status"]
-                    await self._send(
-                        connection,
-                        stream,
-                        wire.start_record(stream_id, message["status"], _content_type(message)),
-                    )
-                elif kind == "http.response.body":
+                    status, content_type = message["status"], _content_type(message)
+                elif kind == "http.response.body" and status is not None:
                     chunk = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if not stream.started:
+                        stream.started = True
+                        if not more and head.answer:
+                            whole = wire.answer_record(stream_id, status, content_type, chunk)
+                            if whole is not None:
+                                await self._send(connection, stream, whole)
+                                return
+                        start = wire.start_record(stream_id, status, content_type)
+                        await self._send(connection, stream, start)
                     if chunk:
                         await self._send_body(connection, stream, stream_id, chunk)
-                    if not message.get("more_body", False):
+                    if not more:
                         await self._send(connection, stream, wire.pack(wire.END, stream_id))
 
             await self.app(self._scope(head, span), receive, send)
