@@ -8,10 +8,9 @@ apart by their stream id, so no body, however large, holds the line or exceeds a
 bound: the largest message either side takes is ``MAX_MESSAGE``.
 
     router -> node   REQUEST   JSON head {"method", "path", "length", "window",
-                               "content_type"[, "trace"][, "answer"]}, a newline,
+                               "content_type"[, "trace"]}, a newline,
                                then the body's first bytes ("trace": the router's
-                               span, when it traces the request: ``node_runtime.tracing``;
-                               "answer": true, the router takes ANSWER records, 0.10)
+                               span, when it traces the request: ``node_runtime.tracing``)
                      BODY      more of the request's body, until ``length`` bytes came
                      CANCEL    (empty) the client went away: abort the request
                      WINDOW    4-byte count: the node may send that many more answer bytes
@@ -19,8 +18,10 @@ bound: the largest message either side takes is ``MAX_MESSAGE``.
                      BODY      bytes of the answer, as the server wrote them
                      END       (empty) the answer is complete
                      ANSWER    START's JSON, a newline, then the whole body: START, BODY
-                               and END in one record, for an answer that fits one (0.10;
-                               only to a router whose REQUEST asked for it)
+                               and END in one record, for an answer that fits one (0.10)
+                     BATCH     (stream 0) records of any streams, each after its 4-byte
+                               length: what the node had to send in one turn of its event
+                               loop, as one message (0.10)
                      FAIL      UTF-8 text: the answer broke off (the server failed mid-way)
                      LOAD      (stream 0) JSON {"running", "waiting"}: the server's own
                                count of requests it runs and queues (vLLM's metrics), sent
@@ -33,6 +34,9 @@ them. A client that reads slowly holds back its own stream, never the line.
 
 Liveness is any record heard: a busy line is never dropped for a late pong. Each side hangs
 up on a line it has heard nothing from for ``SILENCE_S``.
+
+ANSWER and BATCH go only to a router that names them in its handshake's answer
+(``RECORDS_HEADER``): a router of 0.9 gets START, BODY and END, one message each.
 
 Text messages are control: the node sends ``{"type": "bye"}`` as its server stops, and
 the router then forgets the server's credential.
@@ -56,6 +60,9 @@ HOST_HEADER = "X-Bundle-Host"
 RUNTIME_HEADER = "X-Bundle-Runtime"
 # The server's proof: the secret whose SHA-256 the node's task reported (dialout.node_key).
 PROOF_HEADER = "X-Bundle-Proof"
+# The router's handshake answer: the records of 0.10 it takes (ANSWER, BATCH).
+RECORDS_HEADER = "X-Bundle-Records"
+ROUTER_RECORDS = "answer batch"
 # The close code a refused node sees (4000 + HTTP's 403).
 REFUSED = 4403
 
@@ -69,6 +76,7 @@ WINDOW = 7
 HEARTBEAT = 8
 LOAD = 9
 ANSWER = 10
+BATCH = 11
 
 MAX_PAYLOAD = 64 * 1024
 MAX_MESSAGE = 128 * 1024  # a record, its header and a REQUEST head, with room to spare
@@ -115,7 +123,6 @@ class RequestHead:
     window: int
     content_type: str = "application/json"
     trace: TraceRequest | None = None  # the router's span, when it traces the request
-    answer: bool = False  # the router takes a whole answer as one ANSWER record
 
 
 def request_records(
@@ -129,7 +136,7 @@ def request_records(
 ) -> list[bytes]:
     """A REQUEST record with as much of the body as fits, then BODY records for the rest."""
     fields: dict[str, Any] = {"method": method, "path": path, "length": len(body)}
-    fields.update(window=window, content_type=content_type, answer=True)
+    fields.update(window=window, content_type=content_type)
     if trace is not None:
         fields["trace"] = trace
     head = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
@@ -157,8 +164,7 @@ def parse_request(payload: bytes) -> tuple[RequestHead, bytes]:
         content_type = "application/json"
     window = max(window, MAX_PAYLOAD)
     trace = trace_of(fields)
-    answer = fields.get("answer") is True
-    return RequestHead(method, fields["path"], length, window, content_type, trace, answer), body
+    return RequestHead(method, fields["path"], length, window, content_type, trace), body
 
 
 def start_record(stream: int, status: int, content_type: str) -> bytes:
@@ -172,6 +178,47 @@ def answer_record(stream: int, status: int, content_type: str, body: bytes) -> b
     if len(head) + 1 + len(body) > MAX_PAYLOAD:
         return None
     return b"".join((_HEADER.pack(ANSWER, stream), head, b"\n", body))
+
+
+def batches(records: list[bytes]) -> Iterator[bytes]:
+    """``records`` as few messages as the bound allows: a lone record as it is, more in
+    BATCH records of at most MAX_MESSAGE bytes."""
+    room = MAX_MESSAGE - HEADER_SIZE
+    group: list[bytes] = []
+    size = 0
+    for record in records:
+        framed = _COUNT.size + len(record)
+        if group and size + framed > room:
+            yield _batch(group)
+            group, size = [], 0
+        group.append(record)
+        size += framed
+    if group:
+        yield _batch(group)
+
+
+def _batch(records: list[bytes]) -> bytes:
+    if len(records) == 1:
+        return records[0]
+    parts = [_HEADER.pack(BATCH, 0)]
+    for record in records:
+        parts += (_COUNT.pack(len(record)), record)
+    return b"".join(parts)
+
+
+def unbatch(payload: bytes) -> Iterator[bytes]:
+    """The records of a BATCH record's payload; WireError at one that overruns it."""
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(view):
+        if offset + _COUNT.size > len(view):
+            raise WireError("a BATCH record cut short in a length")
+        (length,) = _COUNT.unpack_from(view, offset)
+        offset += _COUNT.size
+        if offset + length > len(view):
+            raise WireError("a BATCH record cut short in a record")
+        yield bytes(view[offset : offset + length])
+        offset += length
 
 
 def _start_head(status: int, content_type: str) -> bytes:

@@ -38,6 +38,7 @@ from ..version import __version__
 from .dialfile import DIAL_FILE, Dial, read_dials, remove_dial, write_dial
 from .link import Link, Stream
 from .node_key import make_node_key
+from .outbox import Outbox
 from .server_load import HEALTH_PATH, METRICS_PATH, read_load, server_down
 
 __all__ = ["DIAL_FILE", "Agent", "Dial", "read_dials", "remove_dial", "write_dial"]
@@ -164,7 +165,7 @@ class Agent:
                     head, first = wire.parse_request(payload)
                     new = streams[stream_id] = Stream(head)
                     new.take(first)
-                    task = asyncio.create_task(self._run(connection, streams, stream_id, new))
+                    task = asyncio.create_task(self._run(link, stream_id, new))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 elif kind == wire.HEARTBEAT:
@@ -180,10 +181,10 @@ class Agent:
             except wire.WireError as err:
                 log.warning("dialout: a record from the router was dropped: %s", err)
 
-    async def _run(
-        self, connection: Any, streams: dict[int, Stream], stream_id: int, stream: Stream
-    ) -> None:
+    async def _run(self, link: Link, stream_id: int, stream: Stream) -> None:
         """Run one request against the application; send its answer back as it comes."""
+        outbox = link.outbox
+        assert outbox is not None  # made with the connection it serves
         self._begin()
         head = stream.head
         span = None if head.trace is None else self._traced(head)
@@ -201,8 +202,8 @@ class Agent:
 
             async def send(message: Message) -> None:
                 # The answer's start waits for its first body: a whole answer that fits in
-                # one record goes as one ANSWER (one message, not three) to a router that
-                # takes it; any other, as START, BODY records and END.
+                # one record goes as one ANSWER to a router that takes it; any other, as
+                # START, BODY records and END.
                 nonlocal status, content_type, withheld
                 kind = message["type"]
                 if withheld:
@@ -217,17 +218,17 @@ class Agent:
                     more = message.get("more_body", False)
                     if not stream.started:
                         stream.started = True
-                        if not more and head.answer:
+                        if not more and outbox.answers:
                             whole = wire.answer_record(stream_id, status, content_type, chunk)
                             if whole is not None:
-                                await self._send(connection, stream, whole)
+                                await outbox.send(stream, whole)
                                 return
                         start = wire.start_record(stream_id, status, content_type)
-                        await self._send(connection, stream, start)
+                        await outbox.send(stream, start)
                     if chunk:
-                        await self._send_body(connection, stream, stream_id, chunk)
+                        await self._send_body(outbox, stream, stream_id, chunk)
                     if not more:
-                        await self._send(connection, stream, wire.pack(wire.END, stream_id))
+                        await outbox.send(stream, wire.pack(wire.END, stream_id))
 
             await self.app(self._scope(head, span), receive, send)
         except Exception as exc:
@@ -236,8 +237,7 @@ class Agent:
             if withheld or (not stream.started and await self.is_down()):
                 pass  # the line is closed: the router sends the request elsewhere
             elif stream.started:
-                record = wire.pack(wire.FAIL, stream_id, repr(exc).encode())
-                await self._send(connection, stream, record)
+                await outbox.send(stream, wire.pack(wire.FAIL, stream_id, repr(exc).encode()))
             else:
                 error = {
                     "error": {
@@ -247,20 +247,18 @@ class Agent:
                         "code": None,
                     }
                 }
-                await self._send(
-                    connection, stream, wire.start_record(stream_id, 500, "application/json")
-                )
-                await self._send_body(connection, stream, stream_id, json.dumps(error).encode())
-                await self._send(connection, stream, wire.pack(wire.END, stream_id))
+                await outbox.send(stream, wire.start_record(stream_id, 500, "application/json"))
+                await self._send_body(outbox, stream, stream_id, json.dumps(error).encode())
+                await outbox.send(stream, wire.pack(wire.END, stream_id))
         finally:
-            streams.pop(stream_id, None)
+            link.streams.pop(stream_id, None)
             self._end()
             if span is not None:
                 span.set(cancelled=stream.cancelled.is_set() or None)
                 span.end(status, failure)
 
     async def _send_body(
-        self, connection: Any, stream: Stream, stream_id: int, chunk: bytes
+        self, outbox: Outbox, stream: Stream, stream_id: int, chunk: bytes
     ) -> None:
         """Send answer bytes in records no larger than the wire's bound, each within the
         stream's window: a client that reads slowly holds back this request alone."""
@@ -269,19 +267,8 @@ class Agent:
             count = await stream.spend(min(len(view), wire.MAX_PAYLOAD))
             if not count:
                 return  # cancelled
-            await self._send(
-                connection, stream, wire.pack(wire.BODY, stream_id, bytes(view[:count]))
-            )
+            await outbox.send(stream, wire.pack(wire.BODY, stream_id, bytes(view[:count])))
             view = view[count:]
-
-    async def _send(self, connection: Any, stream: Stream, record: bytes) -> None:
-        """Send one record; a connection that is gone cancels the request instead."""
-        if stream.cancelled.is_set():
-            return
-        try:
-            await connection.send(record)
-        except Exception:
-            stream.cancel()
 
     def _traced(self, head: wire.RequestHead) -> tracing.NodeSpan | None:
         """The request's span under its router's (the call, never its body)."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .. import wire
 from .dialfile import Dial
+from .outbox import Outbox
 
 log = logging.getLogger("node_runtime.dialout")
 _FIRST_BACKOFF_S = 0.2
@@ -107,6 +108,7 @@ class Link:
         self.changed = asyncio.Event()  # the file gave this URL a new dial
         self.refused: str | None = None  # the credential this router refused
         self.connection: Any = None
+        self.outbox: Outbox | None = None
         self.streams: dict[int, Stream] = {}  # stream ids are the router's: one set a link
         self.last_heard = time.monotonic()
         self.closing = False
@@ -143,12 +145,16 @@ class Link:
                     log.warning("dialout: connected to %s as %s", dial.url, dial.endpoint)
                     delay = _FIRST_BACKOFF_S
                     self.connection = connection
+                    answer = connection.response  # the handshake's: set once connected
+                    takes = "" if answer is None else answer.headers.get(wire.RECORDS_HEADER, "")
+                    outbox = self.outbox = Outbox(connection, takes)
                     self.heard()
                     beating = asyncio.create_task(self._heartbeat(connection))
                     try:
                         await self.agent.serve(connection, self)
                     finally:
                         beating.cancel()
+                        outbox.close()
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status in _REFUSED:
@@ -166,7 +172,7 @@ class Link:
             except Exception:  # a bad dial or record: say so, and never stop dialling
                 log.exception("dialout: unexpected failure on the connection to %s", dial.url)
             finally:
-                self.connection = None
+                self.connection = self.outbox = None
                 for stream in self.streams.values():
                     stream.cancel()  # their clients were told by the router
             if not self.closing:
@@ -202,8 +208,10 @@ class Link:
     async def hang_up(self) -> None:
         """Say goodbye (the router forgets this server's credential) and stop dialling."""
         self.closing = True
-        connection = self.connection
+        connection, outbox = self.connection, self.outbox
         if connection is not None:
+            if outbox is not None:
+                await outbox.drain()  # the ends of answers sent just now go first
             with contextlib.suppress(Exception):
                 await connection.send(json.dumps({"type": "bye"}))
                 await connection.close()

@@ -55,7 +55,7 @@ async def serve_node(plane: DataPlane, websocket: WebSocket, refusals: RefusalLo
         # Before accept: the node sees HTTP 403 and waits for a new credential.
         await websocket.close(code=wire.REFUSED)
         return
-    await websocket.accept()
+    await websocket.accept(headers=_TAKES)
     connection = NodeConnection(
         endpoint=endpoint,
         server_id=server_id,
@@ -105,6 +105,10 @@ async def serve_node(plane: DataPlane, websocket: WebSocket, refusals: RefusalLo
             host,
             "stopped" if said_bye else "disconnected",
         )
+
+
+# The handshake's answer names the records of runtime 0.10 this router takes.
+_TAKES = [(wire.RECORDS_HEADER.lower().encode(), wire.ROUTER_RECORDS.encode())]
 
 
 async def _admit(plane: DataPlane, token: str, endpoint: str, server_id: str, proof: str) -> None:

@@ -32,6 +32,7 @@ HangUp = Callable[[], Awaitable[None]]
 _CLOSED = -1  # record kinds of our own: the connection closed under the relay,
 _OVERRUN = -2  # or the node sent past the stream's window
 _CANCELLING: set[asyncio.Task[None]] = set()  # CANCEL records on their way
+_BATCH_KIND = bytes([wire.BATCH])  # a record's first byte is its kind
 
 
 class NodeGone(Exception):
@@ -236,6 +237,12 @@ class NodeConnection:
     def deliver(self, record: bytes) -> None:
         """A record from the node, to the relay it belongs to (a cancelled one drops it)."""
         kind, stream_id, payload = wire.unpack(record)
+        if kind == wire.BATCH:  # several records, as the node wrote them in one turn
+            for each in wire.unbatch(payload):
+                if each[:1] == _BATCH_KIND:
+                    raise wire.WireError("a BATCH record inside a BATCH record")
+                self.deliver(each)
+            return
         if kind == wire.LOAD:
             self.load = wire.parse_load(payload)
             return
