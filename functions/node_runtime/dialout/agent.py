@@ -154,7 +154,8 @@ class Agent:
 
     async def serve(self, connection: Any, link: Link) -> None:
         """Run each request that comes down ``connection`` in a task of its own."""
-        streams = link.streams
+        streams, outbox = link.streams, link.outbox
+        assert outbox is not None  # made with the connection
         async for message in connection:
             link.heard()
             if isinstance(message, str):
@@ -165,7 +166,7 @@ class Agent:
                     head, first = wire.parse_request(payload)
                     new = streams[stream_id] = Stream(head)
                     new.take(first)
-                    task = asyncio.create_task(self._run(link, stream_id, new))
+                    task = asyncio.create_task(self._run(link, outbox, stream_id, new))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 elif kind == wire.HEARTBEAT:
@@ -181,10 +182,8 @@ class Agent:
             except wire.WireError as err:
                 log.warning("dialout: a record from the router was dropped: %s", err)
 
-    async def _run(self, link: Link, stream_id: int, stream: Stream) -> None:
+    async def _run(self, link: Link, outbox: Outbox, stream_id: int, stream: Stream) -> None:
         """Run one request against the application; send its answer back as it comes."""
-        outbox = link.outbox
-        assert outbox is not None  # made with the connection it serves
         self._begin()
         head = stream.head
         span = None if head.trace is None else self._traced(head)
@@ -231,6 +230,10 @@ class Agent:
                         await outbox.send(stream, wire.pack(wire.END, stream_id))
 
             await self.app(self._scope(head, span), receive, send)
+            if status is not None and not stream.started and not withheld:  # no body came
+                stream.started = True
+                await outbox.send(stream, wire.start_record(stream_id, status, content_type))
+                await outbox.send(stream, wire.pack(wire.END, stream_id))
         except Exception as exc:
             log.exception("dialout: request %s failed in the server", stream_id)
             failure = repr(exc)

@@ -144,3 +144,15 @@ def test_batches_keep_order_and_the_message_bound() -> None:
     with pytest.raises(wire.WireError):
         list(wire.unbatch(b"\x00\x00\x00\x09abc"))
     assert wire.answer_record(1, 200, "application/json", b"x" * wire.MAX_PAYLOAD) is None
+
+
+async def test_an_answer_with_a_start_and_no_body_still_ends(served: Served) -> None:
+    # The answer's start waits for a body; an application that sends none still answers.
+    async def bodiless(scope: Any, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+
+    await served.start_node("s-1", model=bodiless)
+    await connected(served.plane)
+    answer = await served.client.post(CHAT, json=chat())
+    assert answer.status_code == 202 and answer.content == b""
