@@ -8,7 +8,8 @@ message for the router to read, not one each. To an older router every record go
 is, one message each.
 
 Order is kept: records go in the order they were sent. A record that cannot go (the line
-closed) cancels its request, as a send that failed always did.
+closed) cancels its request, as a send that failed always did. What waits here is bounded
+as before: a request sends answer bytes only within its stream's window.
 """
 
 from __future__ import annotations
