@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -170,7 +171,23 @@ async def fake_node(served: Served, server_id: str) -> ClientConnection:
     )
 
 
-async def test_a_malformed_start_from_a_node_is_a_502_not_a_500(served: Served) -> None:
+def _bad_start(stream: int) -> bytes:
+    return wire.pack(wire.START, stream, b'{"status": "teapot"}')
+
+
+def _bad_answer(stream: int) -> bytes:
+    return wire.pack(wire.ANSWER, stream, b'{"status": "teapot"}\n{}')
+
+
+def _batched_bad_answer(stream: int) -> bytes:
+    [message] = wire.batches([_bad_answer(stream), wire.pack(wire.END, stream)])
+    return message
+
+
+@pytest.mark.parametrize("record", [_bad_start, _bad_answer, _batched_bad_answer])
+async def test_a_malformed_start_from_a_node_is_a_502_not_a_500(
+    served: Served, record: Callable[[int], bytes]
+) -> None:
     node = await fake_node(served, "bad-1")
     await connected(served.plane)
 
@@ -179,7 +196,7 @@ async def test_a_malformed_start_from_a_node_is_a_502_not_a_500(served: Served) 
             assert isinstance(message, bytes)
             kind, stream, _ = wire.unpack(message)
             if kind == wire.REQUEST:
-                await node.send(wire.pack(wire.START, stream, b'{"status": "teapot"}'))
+                await node.send(record(stream))
 
     answering = asyncio.create_task(answer_badly())
     try:
